@@ -1,0 +1,162 @@
+"""The adapter interface every model family implements, and the capture run they share."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from attnseg.backbones.capture import AttentionPlan, CaptureStore
+from attnseg.backbones.processors import CaptureAttnProcessor
+from attnseg.method.config import MethodConfig
+from attnseg.method.pipeline import CapturedAttention
+from attnseg.prompts import DEFAULT_TEMPLATE, PromptBuilder
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    """Per-family defaults: input size, noise level, refinement steps (data, not branches)."""
+
+    native_size: int
+    timestep: int = 100  # DDPM-style models: t of num_train_timesteps
+    sigma: float | None = None  # flow-matching models: the noise level instead of t
+    refine_steps: int = 2
+
+
+@dataclass
+class CapturePlan:
+    """Which attention calls are read, and the grids the store needs before the forward runs."""
+
+    plans: dict[str, AttentionPlan]  # attention module name → plan
+    map_size: tuple[int, int]
+    reference_grid: tuple[int, int] | None
+    propagation_layers: set[str] = field(default_factory=set)
+
+
+class Backbone:
+    """One model family: how to load it, encode text and images, noise, run the denoiser and read attention."""
+
+    family: ClassVar[str] = ""
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    default_preset: ClassVar[BackbonePreset]
+
+    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.components = components
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.preset = self.default_preset
+
+    # -- what a family provides -------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet or transformer whose attention is read."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        """The tokenizer whose token positions the cross-attention keys follow."""
+        return self.components["tokenizer"]
+
+    @property
+    def max_tokens(self) -> int:
+        """How many tokens one prompt may use."""
+        return int(min(self.tokenizer.model_max_length, 4096))
+
+    def prompt_builder(self, template: str = DEFAULT_TEMPLATE) -> PromptBuilder:
+        """Packs class names into prompts this family's text encoder takes."""
+        return PromptBuilder(self.tokenizer, self.max_tokens, template)
+
+    def encode_text(self, prompts: list[str]) -> dict:
+        """Conditioning for the denoiser, one row per prompt."""
+        raise NotImplementedError
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Latents (scaled as the denoiser expects) from B×3×S×S pixels in [-1, 1]."""
+        vae = self.components["vae"]
+        latents = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
+    def add_noise(self, latents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noisy latents at the preset's timestep, and the timestep tensor to pass to the denoiser."""
+        # One noise draw shared by every row: a row's result does not depend on what it is batched with.
+        noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
+        noise = noise.to(latents).expand_as(latents)
+        t = torch.full((latents.shape[0],), self.preset.timestep, dtype=torch.long, device=latents.device)
+        return self.components["scheduler"].add_noise(latents, noise, t), t
+
+    def run_denoiser(self, noisy: torch.Tensor, timestep: torch.Tensor, cond: dict) -> None:
+        """One forward of the denoiser on the noisy latents."""
+        raise NotImplementedError
+
+    def capture_plan(self, latent_size: tuple[int, int], config: MethodConfig) -> CapturePlan:
+        """Which attention calls to read for this input size and method."""
+        raise NotImplementedError
+
+    def make_processor(self, module_name: str, plan: AttentionPlan, store: CaptureStore):
+        """The capture processor for one attention module (families with other attention classes override)."""
+        return CaptureAttnProcessor(plan, store)
+
+    # -- shared ----------------------------------------------------------------------------------------
+    @classmethod
+    def detect(cls, model_index: dict) -> bool:
+        """Whether a diffusers folder's model_index.json belongs to this family."""
+        return model_index.get("_class_name") in cls.pipeline_classes
+
+    @contextlib.contextmanager
+    def capturing(self, plan: CapturePlan, store: CaptureStore) -> Iterator[None]:
+        """Install capture processors on the read modules; always restore the originals."""
+        denoiser = self.denoiser
+        original = dict(denoiser.attn_processors)
+        replaced = dict(original)
+        for key in original:
+            module_name = key.removesuffix(".processor")
+            if module_name in plan.plans:
+                replaced[key] = self.make_processor(module_name, plan.plans[module_name], store)
+        denoiser.set_attn_processor(replaced)
+        try:
+            yield
+        finally:
+            denoiser.set_attn_processor(original)
+
+    @torch.no_grad()
+    def capture(
+        self,
+        pixels: torch.Tensor,
+        prompts: list[str],
+        keep_tokens: int,
+        config: MethodConfig,
+        generator: torch.Generator,
+    ) -> tuple[CapturedAttention, int]:
+        """One noised forward per row (pixels[i] with prompts[i]); returns the capture and its peak bytes."""
+        latents = self.encode_images(pixels)
+        noisy, timestep = self.add_noise(latents, generator)
+        cond = self.encode_text(prompts)
+        latent_size = self.latent_grid(noisy)
+        plan = self.capture_plan(latent_size, config)
+        store = CaptureStore(
+            latent_size=latent_size,
+            keep_tokens=keep_tokens,
+            map_size=plan.map_size,
+            reference_grid=plan.reference_grid,
+            propagation_layers=plan.propagation_layers,
+            renormalize_rows=config.renormalize_resized_rows,
+            reference_channel0=config.reference_channel0,
+        )
+        with self.capturing(plan, store):
+            self.run_denoiser(noisy, timestep, cond)
+        return store.finish(), store.peak_bytes
+
+    def latent_grid(self, latents: torch.Tensor) -> tuple[int, int]:
+        """The h×w of the latent that image tokens are laid out on (before any patching)."""
+        return int(latents.shape[-2]), int(latents.shape[-1])
+
+    def info(self) -> dict:
+        """Identity for result.json."""
+        return {"family": self.family, "model_id": self.model_id, "dtype": str(self.dtype).removeprefix("torch.")}
+

@@ -1,0 +1,115 @@
+"""UNet families: Stable Diffusion 1.x / 2.x (and the embedded world models), and SDXL."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
+from attnseg.backbones.capture import AttentionPlan
+from attnseg.method.config import MethodConfig
+
+_BLOCK = re.compile(r"^(down_blocks|up_blocks|mid_block)(?:\.(\d+))?\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn1|attn2)$")
+
+
+class UNetBackbone(Backbone):
+    """SD1.x/2.x: one CLIP text encoder; cross-attention in every transformer block of the UNet."""
+
+    family = "sd"
+    pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+    description = "Stable Diffusion 1.x/2.x UNet (CLIP text encoder); also the embedded world models"
+    default_preset = BackbonePreset(native_size=512, timestep=100, refine_steps=2)
+
+    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(components, model_id, device, dtype)
+        sample = int(self.denoiser.config.sample_size)
+        factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
+        self.preset = BackbonePreset(native_size=sample * factor, timestep=self.default_preset.timestep)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.components["unet"]
+
+    def encode_text(self, prompts: list[str]) -> dict:
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        hidden = self.components["text_encoder"](ids)[0]
+        return {"encoder_hidden_states": hidden.to(self.dtype)}
+
+    def run_denoiser(self, noisy: torch.Tensor, timestep: torch.Tensor, cond: dict) -> None:
+        self.denoiser(noisy.to(self.dtype), timestep, **cond)
+
+    def _grids(self, latent_size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+        """Grid of every transformer-block attention module, from the block's level in the UNet."""
+        n_down = len(self.denoiser.config.down_block_types)
+        h, w = latent_size
+        at = lambda level: (-(-h // 2**level), -(-w // 2**level))  # noqa: E731  (ceil, as the convs do)
+        grids = {}
+        for name in dict(self.denoiser.attn_processors):
+            match = _BLOCK.match(name.removesuffix(".processor"))
+            if not match:
+                continue
+            kind, index = match.group(1), int(match.group(2) or 0)
+            level = {"down_blocks": index, "mid_block": n_down - 1, "up_blocks": n_down - 1 - index}[kind]
+            grids[name.removesuffix(".processor")] = at(level)
+        return grids
+
+    def capture_plan(self, latent_size: tuple[int, int], config: MethodConfig) -> CapturePlan:
+        grids = self._grids(latent_size)
+        if not grids:
+            raise RuntimeError("this UNet has no transformer blocks with cross-attention to read")
+        map_size = max(grids.values(), key=lambda g: g[0] * g[1])
+        # Reference: the first cross-attention query of the second up level that has attention
+        # (SD1.5: 32×32 at 512 px; SDXL: 64×64 at 1024 px), or the last such level if there is one only.
+        up_levels = sorted({int(n.split(".")[1]) for n in grids if n.startswith("up_blocks")})
+        reference = None
+        if up_levels:
+            level = up_levels[min(1, len(up_levels) - 1)]
+            reference = f"up_blocks.{level}.attentions.0.transformer_blocks.0.attn2"
+        score_layers = config.layer_aggregation == "goca"
+        plans = {}
+        propagation = set()
+        for name, grid in grids.items():
+            layer = name.rsplit(".", 1)[0]
+            if name.endswith("attn2"):
+                plans[name] = AttentionPlan(layer, read_cross=True, text_keys=slice(None), reference_query=name == reference)
+            else:
+                propagate = grid == map_size and config.refine != "none"
+                if propagate:
+                    propagation.add(layer)
+                if propagate or score_layers:
+                    plans[name] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
+        reference_grid = grids.get(reference) if (reference and score_layers) else None
+        if not score_layers and reference in plans:
+            plans[reference] = AttentionPlan(reference.rsplit(".", 1)[0], read_cross=True, text_keys=slice(None))
+        return CapturePlan(plans, map_size, reference_grid, propagation)
+
+
+class SDXLBackbone(UNetBackbone):
+    """SDXL: two CLIP text encoders (penultimate states concatenated), pooled text and size conditioning."""
+
+    family = "sdxl"
+    pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+    description = "Stable Diffusion XL UNet (two CLIP text encoders, added size conditioning)"
+    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=2)
+
+    def encode_text(self, prompts: list[str]) -> dict:
+        states, pooled = [], None
+        for tok_key, enc_key in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+            if enc_key not in self.components:
+                continue
+            tokenizer = self.components[tok_key]
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            out = self.components[enc_key](ids, output_hidden_states=True)
+            states.append(out.hidden_states[-2])
+            if enc_key == "text_encoder_2":
+                pooled = out[0] if out[0].dim() == 2 else out.text_embeds
+        hidden = torch.cat(states, -1)
+        size = self.preset.native_size
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]] * len(prompts), device=self.device)
+        added = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.to(self.dtype)}
+        return {"encoder_hidden_states": hidden.to(self.dtype), "added_cond_kwargs": added}

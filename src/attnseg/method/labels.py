@@ -1,0 +1,30 @@
+"""(e) Labels: argmax over a background channel and the class maps."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def assign_labels(
+    scores_khw: torch.Tensor, tau: float, background_khw: torch.Tensor | None = None
+) -> torch.Tensor:
+    """H×W int64 labels: 0 = background (max of tau and any background-word maps), k+1 = class k.
+
+    Works on a single image (K×H×W) or a batch (B×K×H×W).
+    """
+    batched = scores_khw.dim() == 4
+    scores = scores_khw if batched else scores_khw.unsqueeze(0)
+    bg = torch.full_like(scores[:, :1], float(tau))
+    if background_khw is not None and background_khw.numel():
+        extra = background_khw if batched else background_khw.unsqueeze(0)
+        bg = torch.maximum(bg, extra.to(bg).amax(1, keepdim=True))
+    labels = torch.cat([bg, scores], 1).argmax(1)
+    return labels if batched else labels[0]
+
+
+def upsample(maps_bkhw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of B×K×h×w maps to the image size (H, W)."""
+    if tuple(maps_bkhw.shape[-2:]) == tuple(size):
+        return maps_bkhw
+    return F.interpolate(maps_bkhw, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,97 @@
+"""The whole method on captured tensors: aggregate heads and layers, rescale, refine (METHOD.md (a)–(d))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from attnseg.errors import BadConfigError
+from attnseg.method.config import MethodConfig
+from attnseg.method.layers import combine_layers, layer_weights, resolution_weights
+from attnseg.method.refine import iterative_refine, propagate
+from attnseg.method.rescale import rescale_scores
+
+
+@dataclass
+class CapturedAttention:
+    """What one denoiser forward leaves for the method, reduced while it ran; B rows (image × prompt)."""
+
+    cross: dict[str, list[torch.Tensor]]  # head mode → per layer, B×P_l×T token columns (last = rest)
+    grids: list[tuple[int, int]]  # per layer, its h×w grid
+    layer_scores: torch.Tensor | None  # B×L, similarity of each layer's self-attention to the reference
+    affinity: torch.Tensor | None  # B×P×P head-mean self-attention of the propagation layers, on map_size
+    map_size: tuple[int, int]  # h×w of the aggregated maps
+    layer_names: list[str] = field(default_factory=list)
+
+    def rows(self, index: torch.Tensor | list[int]) -> CapturedAttention:
+        """The same capture restricted to some batch rows."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        return CapturedAttention(
+            cross={mode: [m[idx.to(m.device)] for m in maps] for mode, maps in self.cross.items()},
+            grids=self.grids,
+            layer_scores=pick(self.layer_scores),
+            affinity=pick(self.affinity),
+            map_size=self.map_size,
+            layer_names=self.layer_names,
+        )
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Which token columns belong to which class; columns index CapturedAttention.cross's last axis."""
+
+    class_tokens: list[list[list[int]]]  # K × synonyms × columns
+    background_tokens: list[list[list[int]]]  # background words, same shape
+    content_tokens: list[int]  # every column of every class or background word (the set R)
+    special_tokens: list[int]  # start/end/pad columns, for diagnostics
+
+
+@dataclass
+class MethodOutput:
+    """Class maps in [0, 1] on the map grid, background-word maps, and what the method decided."""
+
+    class_maps: torch.Tensor  # B×K×h×w
+    background_maps: torch.Tensor  # B×Kb×h×w
+    layer_weights: torch.Tensor  # B×L
+    special_token_mass: torch.Tensor  # B, mean share of attention on special tokens
+
+
+def _layer_weights(captured: CapturedAttention, config: MethodConfig, batch: int) -> torch.Tensor:
+    n_layers = len(captured.grids)
+    if config.layer_aggregation == "goca":
+        if captured.layer_scores is None:
+            raise BadConfigError("layer_aggregation='goca' needs self-attention scores; the capture has none")
+        return layer_weights(captured.layer_scores)
+    if config.layer_aggregation == "resolution":
+        return resolution_weights(captured.grids, config.resolution_weights).expand(batch, n_layers)
+    return torch.full((batch, n_layers), 1.0 / n_layers)
+
+
+def _refine(maps: torch.Tensor, captured: CapturedAttention, config: MethodConfig) -> torch.Tensor:
+    if config.refine == "none" or config.refine_steps == 0:
+        return maps
+    if captured.affinity is None:
+        raise BadConfigError(f"refine={config.refine!r} needs self-attention; the capture has none")
+    if config.refine == "iseg":
+        return iterative_refine(maps, captured.affinity, config.refine_steps, config.iseg_gamma)
+    return propagate(maps, captured.affinity, config.refine_steps)
+
+
+def run_method(captured: CapturedAttention, layout: TokenLayout, config: MethodConfig) -> MethodOutput:
+    """Aggregate, rescale and refine one capture under one token layout."""
+    maps = captured.cross[config.head_aggregation]
+    batch = maps[0].shape[0]
+    weights = _layer_weights(captured, config, batch).to(maps[0].device)
+    attn = combine_layers(maps, captured.grids, weights, captured.map_size)  # B×T×h×w
+    special = attn[:, layout.special_tokens].sum(1).mean(dim=(1, 2)) if layout.special_tokens else torch.zeros(batch)
+    entities = layout.class_tokens + layout.background_tokens
+    n_classes = len(layout.class_tokens)
+    if config.refine_order == "before_rescale" and config.refine != "none":
+        attn = _refine(attn, captured, config)
+    scores = rescale_scores(attn, entities, layout.content_tokens, per_pixel=config.rescale == "goca", blur=config.blur)
+    class_maps, background_maps = scores[:, :n_classes], scores[:, n_classes:]
+    if config.refine_order == "after_rescale":
+        class_maps = _refine(class_maps, captured, config)  # background words stay out of propagation
+    return MethodOutput(class_maps, background_maps, weights, special)

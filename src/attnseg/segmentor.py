@@ -1,0 +1,221 @@
+"""Segmentor: load a model once, then segment images into the classes you name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnseg.backbones import Backbone, load_backbone
+from attnseg.errors import BadClassesError, BadConfigError
+from attnseg.io import DEFAULT_MAX_PIXELS, load_image, prepare_image
+from attnseg.method.config import MethodConfig, method_config
+from attnseg.method.labels import assign_labels, upsample
+from attnseg.method.pipeline import run_method
+from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
+from attnseg.segmentation import Segmentation
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A torch dtype from a name; None is float32 on CPU and float16 on CUDA."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BadConfigError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """A torch device; None picks CUDA when present. Asking for CUDA without it is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadConfigError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _fingerprint(backbone: Backbone) -> str:
+    """A short hash of the denoiser's weights (first elements of every tensor), to tell checkpoints apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.denoiser.state_dict().items())[:64]:
+        digest.update(name.encode())
+        digest.update(tensor.flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class Segmentor:
+    """A diffusion model turned into an open-vocabulary segmentor (METHOD.md), training-free."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: MethodConfig,
+        method: str = "goca",
+        template: str = DEFAULT_TEMPLATE,
+        background: list[str] | None = None,
+        batch_size: int = 1,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if batch_size < 1:
+            raise BadConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.backbone = backbone
+        self.config = config
+        self.method = method
+        self.template = template
+        self.background = parse_classes(background) if background else []
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.builder = backbone.prompt_builder(template)
+        self.model_hash = _fingerprint(backbone)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike | None = None,
+        method: str = "goca",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        template: str = DEFAULT_TEMPLATE,
+        background: list[str] | None = None,
+        batch_size: int = 1,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_pickle: bool = False,
+        config_folder: str | os.PathLike | None = None,
+        **overrides: object,
+    ) -> Segmentor:
+        """Load `model` (None: the embedded default) and set up `method` with any setting overridden."""
+        config = method_config(method)  # fail on a bad method name before loading anything
+        config = config.with_overrides(**overrides) if overrides else config
+        device = parse_device(device)
+        backbone = load_backbone(model, device, parse_dtype(dtype, device), allow_pickle, config_folder)
+        if "refine_steps" not in overrides and method == "goca":
+            config = config.with_overrides(refine_steps=backbone.preset.refine_steps)
+        return cls(backbone, config, method, template, background, batch_size, max_pixels)
+
+    # -- inputs -----------------------------------------------------------------------------------------
+    def _images(self, images) -> tuple[list[Image.Image], list[str], bool]:
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            raise BadConfigError("no images given")
+        loaded, names = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, (str, os.PathLike)):
+                loaded.append(load_image(item, self.max_pixels))
+                names.append(str(item))
+            else:
+                loaded.append(prepare_image(item, f"image #{i + 1}", self.max_pixels))
+                names.append(f"image #{i + 1}")
+        return loaded, names, single
+
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        size = self.backbone.preset.native_size
+        arrays = [np.asarray(im.resize((size, size), Image.BICUBIC), dtype=np.float32) for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+        return pixels.to(self.backbone.device)
+
+    # -- the work ---------------------------------------------------------------------------------------
+    def segment(self, images, classes: list[str] | str, seed: int = 0, progress=None):
+        """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
+        pictures, names, single = self._images(images)
+        specs = parse_classes(classes)
+        overlap = {s.lower() for c in specs for s in c.synonyms} & {s.lower() for b in self.background for s in b.synonyms}
+        if overlap:
+            raise BadClassesError(f"{', '.join(sorted(overlap))} named both as a class and as a background word")
+        plans = self.builder.build(specs, self.background)
+        keep = max(plan.n_tokens for plan in plans)
+        results: list[Segmentation] = []
+        for start in range(0, len(pictures), self.batch_size):
+            batch = pictures[start : start + self.batch_size]
+            results.extend(self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed))
+            if progress is not None:
+                progress(len(batch))
+        return results[0] if single else results
+
+    def _segment_batch(self, pictures, names, specs, plans, keep, seed) -> list[Segmentation]:
+        n_img, n_prompt = len(pictures), len(plans)
+        times = {}
+        t0 = time.perf_counter()
+        pixels = self._pixels(pictures).repeat_interleave(n_prompt, 0)  # rows: image-major, prompt-minor
+        prompts = [plan.text for _ in pictures for plan in plans]
+        generator = torch.Generator().manual_seed(seed)
+        if self.backbone.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.backbone.device)
+        captured, capture_bytes = self.backbone.capture(pixels, prompts, keep, self.config, generator)
+        times["forward_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        class_maps = [[None] * len(specs) for _ in pictures]
+        background_maps: list[list[torch.Tensor]] = [[] for _ in pictures]
+        diagnostics = []
+        for j, plan in enumerate(plans):
+            rows = [i * n_prompt + j for i in range(n_img)]
+            out = run_method(captured.rows(rows), plan.layout, self.config)
+            diagnostics.append(
+                {"prompt": plan.text, "layer_weights": out.layer_weights.mean(0).tolist(),
+                 "special_token_mass": float(out.special_token_mass.mean())}  # fmt: skip
+            )
+            for i in range(n_img):
+                for local, k in enumerate(plan.class_indices):
+                    class_maps[i][k] = out.class_maps[i, local]
+                if out.background_maps.shape[1]:
+                    background_maps[i].append(out.background_maps[i])
+        times["method_s"] = time.perf_counter() - t1
+        peak = {"capture_store_bytes": capture_bytes, "process_peak_rss_bytes": _peak_rss_bytes()}
+        if self.backbone.device.type == "cuda":
+            peak["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.backbone.device))
+        results = []
+        for i, picture in enumerate(pictures):
+            size = (picture.height, picture.width)
+            scores = upsample(torch.stack(class_maps[i])[None].float(), size)[0].clamp(0, 1).cpu()
+            bg = None
+            if background_maps[i]:
+                bg = upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
+            labels = assign_labels(scores, self.config.tau, bg)
+            meta = {
+                "image": names[i],
+                "image_size": [picture.width, picture.height],
+                "method": self.method,
+                "settings": self.config.to_dict(),
+                "model": {**self.backbone.info(), "hash": self.model_hash},
+                "native_size": self.backbone.preset.native_size,
+                "timestep": self.backbone.preset.timestep,
+                "sigma": self.backbone.preset.sigma,
+                "seed": seed,
+                "prompts": [
+                    {"text": p.text, "classes": [specs[k].name for k in p.class_indices], "token_spans": p.token_spans}
+                    for p in plans
+                ],
+                "split_into_prompts": len(plans) > 1,
+                "background_words": [b.name for b in self.background],
+                "layers": captured.layer_names,
+                "diagnostics": diagnostics,
+                "timings": {k: v / len(pictures) for k, v in times.items()} | {"batch_images": len(pictures)},
+                "memory": peak,
+            }
+            results.append(Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta))
+        return results
+
+
+def default_output_name(name: str, index: int) -> str:
+    """A folder name for an image's outputs: its file stem, or its position."""
+    stem = Path(name).stem if not name.startswith("image #") else f"image_{index:03d}"
+    return stem or f"image_{index:03d}"

@@ -1,0 +1,228 @@
+"""Tiny random models built from config, saved as diffusers folders: for tests, examples and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "a an the and of on in with photo cat dog grass wall sky tree car road person man woman red ball "
+    "green blue water floor house bird"
+).split()
+
+
+def tiny_clip_tokenizer(folder: Path, max_length: int = 77):
+    """A CLIP BPE tokenizer over a small vocabulary (letters plus a few merges), with start/end tokens."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz.,|"
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    merges = [("c", "a"), ("ca", "t</w>"), ("g", "r"), ("gr", "a"), ("s", "s</w>"), ("w", "a"), ("wa", "l")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length)
+    return tokenizer
+
+
+def _clip_text_encoder(vocab_size: int, hidden: int, layers: int = 2, projection: int | None = None, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )  # fmt: skip
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=32,
+    )  # fmt: skip
+
+
+def _tiny_unet(cross_dim: int, seed: int = 0, **extra):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8, **extra,
+    )  # fmt: skip
+
+
+def build_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
+    """A random SD1-style pipeline (UNet with cross-attention at 16² and 8², CLIP BPE) saved at `folder`."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder / "_tok")
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(seed), text_encoder=_clip_text_encoder(len(tokenizer), 32, seed=seed), tokenizer=tokenizer,
+        unet=_tiny_unet(32, seed), scheduler=DDPMScheduler(num_train_timesteps=1000),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _remove_tree(folder / "_tok")
+    return folder
+
+
+def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
+    """A random SDXL-style pipeline: two CLIP encoders (32 + 32 channels), pooled text and time ids."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    folder = Path(folder)
+    tokenizer = tiny_clip_tokenizer(folder / "_tok")
+    text_dim, pooled_dim, time_dim = 32, 32, 8
+    unet = _tiny_unet(
+        text_dim * 2, seed, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_dim,
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(seed), text_encoder=_clip_text_encoder(len(tokenizer), text_dim, seed=seed),
+        text_encoder_2=_clip_text_encoder(len(tokenizer), text_dim, projection=pooled_dim, seed=seed + 1),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler(num_train_timesteps=1000),
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _remove_tree(folder / "_tok")
+    return folder
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def tiny_t5_tokenizer(max_length: int = 64):
+    """A sentencepiece-style Unigram tokenizer ('▁cat', lone '▁' for unknown words), as a T5 fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz.,|"]
+    pieces += [("▁" + w, -3.0) for w in WORDS]  # known words are one piece; others split into '▁' + letters
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+        model_max_length=max_length,
+    )  # fmt: skip
+
+
+def _tiny_t5_encoder(vocab_size: int, width: int = 32, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=width * 2, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return T5EncoderModel(config).eval()
+
+
+def _tiny_vae16(seed: int = 0):
+    """A 16-channel latent VAE with a shift factor, like SD3's and FLUX's (downsampling ×2)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=1.5, shift_factor=0.06,
+    )  # fmt: skip
+
+
+def build_tiny_pixart(folder: str | Path, sigma: bool = True, seed: int = 0) -> Path:
+    """A random PixArt-Σ (or -α, with size conditioning) pipeline: 2 blocks, 16² latents, tiny T5."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    folder = Path(folder)
+    tokenizer = tiny_t5_tokenizer()
+    text_encoder = _tiny_t5_encoder(len(tokenizer), 32, seed)
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=24, caption_channels=32, sample_size=16, patch_size=2, norm_num_groups=8,
+        use_additional_conditions=not sigma,  # α at 1024 px conditions on resolution and aspect ratio
+    )  # fmt: skip
+    cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    pipe = cls(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(seed), transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(num_train_timesteps=1000),
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_sd3(folder: str | Path, with_t5: bool = True, seed: int = 0) -> Path:
+    """A random SD3-style pipeline: two CLIP encoders + T5 (optional), 2 joint blocks (the last context-pre-only)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    folder = Path(folder)
+    clip_tokenizer = tiny_clip_tokenizer(folder / "_tok")
+    t5_tokenizer = tiny_t5_tokenizer()
+    clip_l = _clip_text_encoder(len(clip_tokenizer), 16, projection=16, seed=seed)
+    clip_g = _clip_text_encoder(len(clip_tokenizer), 32, projection=16, seed=seed + 1)
+    t5 = _tiny_t5_encoder(len(t5_tokenizer), 64, seed) if with_t5 else None
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=32, out_channels=16,
+        pos_embed_max_size=16,
+    )  # fmt: skip
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae16(seed),
+        text_encoder=clip_l, tokenizer=clip_tokenizer, text_encoder_2=clip_g, tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5, tokenizer_3=t5_tokenizer if with_t5 else None,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _remove_tree(folder / "_tok")
+    return folder
+
+
+def build_tiny_flux(folder: str | Path, guidance: bool = True, seed: int = 0) -> Path:
+    """A random FLUX.1-style pipeline: 2 double- and 2 single-stream blocks, CLIP pooled + T5, packed latents."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    folder = Path(folder)
+    clip_tokenizer = tiny_clip_tokenizer(folder / "_tok")
+    t5_tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance,
+        axes_dims_rope=(2, 2, 4),
+    )  # fmt: skip
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_vae16(seed),
+        text_encoder=_clip_text_encoder(len(clip_tokenizer), 16, seed=seed), tokenizer=clip_tokenizer,
+        text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed), tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _remove_tree(folder / "_tok")
+    return folder

@@ -1,0 +1,89 @@
+"""The capture must not change the model, and its streamed reductions must equal the stored-maps computation."""
+
+import torch
+
+from attnseg.backbones import load_backbone
+from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
+from attnseg.method.config import MethodConfig, method_config
+from attnseg.method.heads import aggregate_heads
+from attnseg.method.layers import layer_similarity, reference_affinity, resize_self_attention
+
+
+def _inputs(backbone):
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 4, 16, 16, generator=g)
+    cond = backbone.encode_text(["a photo of cat and grass.", "a photo of wall."])
+    return noisy, torch.tensor([100, 100]), cond
+
+
+def test_unet_output_unchanged_by_capture(tiny_sd):
+    backbone = load_backbone(tiny_sd)
+    noisy, t, cond = _inputs(backbone)
+    plain = backbone.denoiser(noisy, t, **cond).sample
+    config = MethodConfig()
+    plan = backbone.capture_plan((16, 16), config)
+    store = CaptureStore((16, 16), 12, plan.map_size, plan.reference_grid, plan.propagation_layers)
+    with backbone.capturing(plan, store):
+        captured_out = backbone.denoiser(noisy, t, **cond).sample
+    assert torch.allclose(plain, captured_out, atol=1e-5)
+    after = backbone.denoiser(noisy, t, **cond).sample  # processors were restored
+    assert torch.allclose(plain, after, atol=1e-6)
+    result = store.finish()
+    assert len(result.grids) == 7 and result.layer_scores.shape == (2, 7)
+    assert result.affinity.shape == (2, 256, 256)
+
+
+def test_attend_streams_what_stored_maps_would_give():
+    torch.manual_seed(0)
+    b, h, p, n, d = 1, 3, 16, 5, 4
+    q, k_txt, v_txt = torch.randn(b, h, p, d), torch.randn(b, h, n, d), torch.randn(b, h, n, d)
+    k_img, v_img = torch.randn(b, h, p, d), torch.randn(b, h, p, d)
+    weight = torch.randn(6, h * d)
+    store = CaptureStore((4, 4), keep_tokens=3, map_size=(4, 4), reference_grid=(4, 4), propagation_layers={"L"})
+    feature = torch.randn(b, p, 8)
+    store.set_reference(feature, (4, 4))
+    out_cross = attend(q, k_txt, v_txt, scale=d**-0.5, mask=None, store=store, out_proj_weight=weight,
+                       plan=AttentionPlan("L", read_cross=True, text_keys=slice(None)))  # fmt: skip
+    attend(q, k_img, v_img, scale=d**-0.5, mask=None, store=store, plan=AttentionPlan("L", read_self=True, image_keys=slice(None)))
+    probs = (q @ k_txt.transpose(-1, -2) * d**-0.5).softmax(-1)
+    assert torch.allclose(out_cross, probs @ v_txt, atol=1e-5)
+    full = aggregate_heads(probs, None)
+    expected = torch.cat([full[..., :3], full[..., 3:].sum(-1, keepdim=True)], -1)
+    captured = store.finish()
+    assert torch.allclose(captured.cross["mean"][0], expected, atol=1e-6)
+    self_attn = (q @ k_img.transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
+    ref = reference_affinity(feature)
+    assert torch.allclose(captured.layer_scores[0, 0], layer_similarity(ref, self_attn)[0], atol=1e-5)
+    assert torch.allclose(captured.affinity, self_attn, atol=1e-6)
+
+
+def test_joint_attend_restricts_softmax_per_block():
+    torch.manual_seed(1)
+    b, h, n, p, d = 1, 2, 3, 4, 4  # joint sequence: [text (3), image (4)]
+    q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
+    store = CaptureStore((2, 2), keep_tokens=3, map_size=(2, 2), reference_grid=None, propagation_layers={"J"})
+    plan = AttentionPlan("J", read_cross=True, read_self=True, image_queries=slice(n, n + p),
+                         text_keys=slice(0, n), image_keys=slice(n, n + p))  # fmt: skip
+    out = attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, store=store, out_proj_weight=torch.randn(5, h * d))
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(out, reference, atol=1e-5)  # text rows and image rows both exact
+    logits = q[:, :, n:] @ k.transpose(-1, -2) * d**-0.5
+    captured = store.finish()
+    cross = logits[..., :n].softmax(-1).mean(1)
+    assert torch.allclose(captured.cross["mean"][0][..., :3], cross, atol=1e-6)
+    assert torch.allclose(captured.affinity, logits[..., n:].softmax(-1).mean(1), atol=1e-6)
+
+
+def test_vanilla_plan_reads_only_what_it_needs(tiny_sd):
+    backbone = load_backbone(tiny_sd)
+    goca = backbone.capture_plan((16, 16), method_config("goca"))
+    vanilla = backbone.capture_plan((16, 16), method_config("vanilla", refine="none"))
+    assert sum(p.read_self for p in goca.plans.values()) == 7
+    assert sum(p.read_self for p in vanilla.plans.values()) == 0 and vanilla.reference_grid is None
+    assert goca.reference_grid == (16, 16) and goca.map_size == (16, 16)  # second up level with attention
+
+
+def test_resize_to_reference_grid_is_used_for_scores():
+    attn = torch.softmax(torch.randn(1, 64, 64), -1)
+    small = resize_self_attention(attn, (8, 8), (4, 4), True)
+    assert small.shape == (1, 16, 16)
