@@ -120,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the model families and embedded models")
     models.set_defaults(func=cmd_models)
 
-    for module, adder in (("attnseg.world.cli", "add_world_commands"), ("attnseg.eval.cli", "add_eval_commands")):
+    optional = (
+        ("attnseg.demo.scenes", "add_demo_command"),
+        ("attnseg.world.cli", "add_world_commands"),
+        ("attnseg.eval.cli", "add_eval_commands"),
+    )
+    for module, adder in optional:
         try:  # optional subpackages: a build without them still segments
             getattr(__import__(module, fromlist=[adder]), adder)(sub)
         except ImportError:

@@ -145,6 +145,29 @@ class PromptBuilder:
         layout = TokenLayout(class_tokens[:n_classes], class_tokens[n_classes:], content, special)
         return PromptPlan(text, list(indices), layout, token_spans, len(ids) + self.position_offset), len(ids)
 
+    def locate(self, text: str, specs: list[ClassSpec]) -> PromptPlan:
+        """Token columns of classes named inside a given prompt (for a pipeline the user runs)."""
+        ids, offsets = self._tokenize(text)
+        lowered = text.lower()
+        class_tokens, token_spans = [], {}
+        for spec in specs:
+            groups = []
+            for syn in spec.synonyms:
+                match = re.search(r"\b" + re.escape(syn.lower()) + r"\b", lowered)
+                if match is None:
+                    raise BadClassesError(f"{syn!r} does not occur in the prompt {text!r}; name words the prompt uses")
+                positions = self._entity_tokens(ids, offsets, text, match.span(), text[match.start() : match.end()])
+                if not positions:
+                    raise BadClassesError(f"class name {syn!r} has no content word (only stop words or punctuation)")
+                token_spans[syn] = [p + self.position_offset for p in positions]
+                groups.append(token_spans[syn])
+            class_tokens.append(groups)
+        content = sorted({p for groups in class_tokens for g in groups for p in g})
+        special = [p + self.position_offset for p, t in enumerate(ids) if t in self.special_ids]
+        plan = PromptPlan(text, list(range(len(specs))), TokenLayout(class_tokens, [], content, special), token_spans,
+                          len(ids) + self.position_offset)  # fmt: skip
+        return _with_rest_column(plan, plan.n_tokens)
+
     def build(self, specs: list[ClassSpec], background: list[ClassSpec] | None = None) -> list[PromptPlan]:
         """Greedily pack classes into as few prompts as fit `max_tokens`; background words go in each one."""
         background = background or []

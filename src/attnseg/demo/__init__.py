@@ -1,0 +1,1 @@
+"""Demos: `attnseg demo` on sample scenes of the synthetic world."""

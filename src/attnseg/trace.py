@@ -1,0 +1,119 @@
+"""`with attnseg.trace(pipe) as tr:` — capture from a pipeline the user runs, then segment the generated image."""
+
+from __future__ import annotations
+
+import contextlib
+
+from attnseg.backbones import FAMILIES
+from attnseg.backbones.capture import CaptureStore
+from attnseg.errors import BadCheckpointError, BadConfigError
+from attnseg.method.config import method_config
+from attnseg.method.labels import assign_labels, upsample
+from attnseg.method.pipeline import CapturedAttention, run_method
+from attnseg.prompts import parse_classes
+from attnseg.segmentation import Segmentation
+
+
+class _CurrentStore:
+    """Forwards the capture calls to the store of the denoiser call in progress."""
+
+    def __init__(self) -> None:
+        self.store: CaptureStore | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["store"], name)
+
+
+class Trace:
+    """Captures every denoiser call of a pipeline run and averages the conditional rows over steps."""
+
+    def __init__(self, pipe, method: str = "goca", keep_tokens: int = 77, **overrides: object) -> None:
+        self.config = method_config(method, **overrides)
+        self.method = method
+        index = {"_class_name": type(pipe).__name__}
+        family = next((cls for cls in FAMILIES if cls.detect(index)), None)
+        if family is None:
+            raise BadCheckpointError(f"trace does not know the pipeline {type(pipe).__name__}")
+        components = {k: v for k, v in pipe.components.items() if v is not None}
+        denoiser = components.get("unet", components.get("transformer"))
+        self.backbone = family(components, type(pipe).__name__, denoiser.device, denoiser.dtype)
+        self.keep_tokens = keep_tokens
+        self.proxy = _CurrentStore()
+        self.sum: CapturedAttention | None = None
+        self.steps = 0
+        self._hooks: list = []
+        self._stack = contextlib.ExitStack()
+
+    def _before(self, module, args, kwargs) -> None:
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        latent = self.backbone.latent_grid(sample)
+        plan = self.backbone.capture_plan(latent, self.config)
+        self.proxy.store = CaptureStore(latent, self.keep_tokens, plan.map_size, plan.reference_grid,
+                                        plan.propagation_layers, self.config.renormalize_resized_rows,
+                                        self.config.reference_channel0)  # fmt: skip
+        if not self._stack._exit_callbacks:  # processors are installed once, on the first call
+            self._stack.enter_context(self.backbone.capturing(plan, self.proxy))
+
+    def _after(self, module, args, kwargs, output) -> None:
+        captured = self.proxy.store.finish()
+        rows = captured.cross["mean"][0].shape[0]
+        captured = captured.rows(list(range(rows // 2, rows)) if rows % 2 == 0 and rows > 1 else list(range(rows)))
+        self.sum = captured if self.sum is None else _add(self.sum, captured)
+        self.steps += 1
+
+    def __enter__(self) -> Trace:
+        denoiser = self.backbone.denoiser
+        self._hooks = [
+            denoiser.register_forward_pre_hook(self._before, with_kwargs=True),
+            denoiser.register_forward_hook(self._after, with_kwargs=True),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._stack.close()
+
+    def segment(self, prompt: str, classes: list[str] | str, image=None, tau: float | None = None) -> Segmentation:
+        """Segment the generated image into classes named in `prompt` (maps averaged over the captured steps)."""
+        if self.sum is None:
+            raise BadConfigError("nothing was captured: run the pipeline inside the `with attnseg.trace(pipe)` block")
+        specs = parse_classes(classes)
+        plan = self.backbone.prompt_builder().locate(prompt, specs)
+        if plan.n_tokens > self.keep_tokens:
+            raise BadConfigError(f"the prompt has {plan.n_tokens} tokens; create the trace with keep_tokens >= that")
+        layout = plan.layout.__class__(plan.layout.class_tokens, [], plan.layout.content_tokens,
+                                       sorted(set(plan.layout.special_tokens) | {self.keep_tokens}))  # fmt: skip
+        mean = _scale(self.sum, 1.0 / self.steps)
+        out = run_method(mean.rows([0]), layout, self.config)
+        size = (image.height, image.width) if image is not None else out.class_maps.shape[-2:]
+        scores = upsample(out.class_maps.float(), tuple(size))[0].clamp(0, 1).cpu()
+        tau = self.config.tau if tau is None else tau
+        meta = {"method": self.method, "settings": self.config.to_dict(), "prompt": prompt, "steps": self.steps,
+                "token_spans": plan.token_spans, "layers": mean.layer_names}  # fmt: skip
+        return Segmentation([s.name for s in specs], scores, assign_labels(scores, tau), tau, image, meta)
+
+
+def _combine(a: CapturedAttention, b: CapturedAttention | None, fa: float, fb: float) -> CapturedAttention:
+    mix = lambda x, y: None if x is None else (x * fa if y is None else x * fa + y * fb)  # noqa: E731
+    return CapturedAttention(
+        cross={m: [mix(x, None if b is None else y) for x, y in zip(a.cross[m], b.cross[m] if b else a.cross[m])] for m in a.cross},
+        grids=a.grids,
+        layer_scores=mix(a.layer_scores, None if b is None else b.layer_scores),
+        affinity=mix(a.affinity, None if b is None else b.affinity),
+        map_size=a.map_size,
+        layer_names=a.layer_names,
+    )
+
+
+def _add(a: CapturedAttention, b: CapturedAttention) -> CapturedAttention:
+    return _combine(a, b, 1.0, 1.0)
+
+
+def _scale(a: CapturedAttention, factor: float) -> CapturedAttention:
+    return _combine(a, None, factor, 0.0)
+
+
+def trace(pipe, method: str = "goca", keep_tokens: int = 77, **overrides: object) -> Trace:
+    """Context manager: `with trace(pipe) as tr: image = pipe(prompt).images[0]`, then `tr.segment(prompt, [...])`."""
+    return Trace(pipe, method, keep_tokens, **overrides)
