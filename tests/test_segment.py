@@ -148,3 +148,17 @@ def test_hub_id_not_in_cache_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BadCheckpointError, match="never downloads"):
         Segmentor.from_pretrained("nobody/not-a-model")
+
+
+def test_model_defaults_from_attnseg_json(tiny_sd, tmp_path, random_image):
+    folder = tmp_path / "with_defaults"
+    shutil.copytree(tiny_sd, folder)
+    (folder / "attnseg.json").write_text(json.dumps({"preset": {"timestep": 250}, "method": {"tau": 0.3}, "template": "{} here."}))
+    seg = Segmentor.from_pretrained(folder)
+    assert seg.backbone.preset.timestep == 250 and seg.config.tau == 0.3 and seg.template == "{} here."
+    assert Segmentor.from_pretrained(folder, tau=0.7).config.tau == 0.7  # the caller wins
+    result = seg.segment(random_image, ["cat"])
+    assert result.meta["timestep"] == 250 and result.meta["prompts"][0]["text"] == "cat here."
+    (folder / "attnseg.json").write_text("{broken")
+    with pytest.raises(BadCheckpointError, match="attnseg.json"):
+        Segmentor.from_pretrained(folder)

@@ -41,7 +41,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp32 on CPU, fp16 on CUDA)")
     parser.add_argument("--tau", type=float, default=None, help="background threshold in [0, 1]")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting (repeatable)")
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template with {} for the class list")
+    parser.add_argument("--template", default=None, help=f"prompt template with {{}} for the class list (default: the model's, else {DEFAULT_TEMPLATE!r})")
     parser.add_argument("--background", default="", help="comma-separated background words named in the prompt")
     parser.add_argument("--batch-size", type=int, default=1, help="images per denoiser forward")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickled (.ckpt/.bin) weights you trust")

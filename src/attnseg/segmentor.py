@@ -94,7 +94,7 @@ class Segmentor:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         *,
-        template: str = DEFAULT_TEMPLATE,
+        template: str | None = None,
         background: list[str] | None = None,
         batch_size: int = 1,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -102,13 +102,18 @@ class Segmentor:
         config_folder: str | os.PathLike | None = None,
         **overrides: object,
     ) -> Segmentor:
-        """Load `model` (None: the embedded default) and set up `method` with any setting overridden."""
+        """Load `model` (None: the embedded default) and set up `method` with any setting overridden.
+
+        Precedence: your overrides, then the model's own attnseg.json, then the family preset, then the method.
+        """
         config = method_config(method)  # fail on a bad method name before loading anything
-        config = config.with_overrides(**overrides) if overrides else config
+        config.with_overrides(**overrides)  # so do bad settings
         device = parse_device(device)
         backbone = load_backbone(model, device, parse_dtype(dtype, device), allow_pickle, config_folder)
-        if "refine_steps" not in overrides and method == "goca":
-            config = config.with_overrides(refine_steps=backbone.preset.refine_steps)
+        settings = {"refine_steps": backbone.preset.refine_steps} if method == "goca" else {}
+        settings |= {k: v for k, v in backbone.defaults["method"].items() if k != "refine_steps" or method == "goca"}
+        config = config.with_overrides(**(settings | overrides))
+        template = template or backbone.defaults["template"] or DEFAULT_TEMPLATE
         return cls(backbone, config, method, template, background, batch_size, max_pixels)
 
     # -- inputs -----------------------------------------------------------------------------------------

@@ -8,13 +8,22 @@ import torch
 
 from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
 from attnseg.backbones.flux import FluxBackbone
+from attnseg.backbones.hunyuan import HunyuanDiTBackbone
 from attnseg.backbones.loading import check_weights, load_components, read_model_index, resolve_model
 from attnseg.backbones.pixart import PixArtAlphaBackbone, PixArtSigmaBackbone
 from attnseg.backbones.sd3 import SD3Backbone
 from attnseg.backbones.unet import SDXLBackbone, UNetBackbone
 from attnseg.errors import BadCheckpointError
 
-FAMILIES: list[type[Backbone]] = [UNetBackbone, SDXLBackbone, PixArtAlphaBackbone, PixArtSigmaBackbone, SD3Backbone, FluxBackbone]
+FAMILIES: list[type[Backbone]] = [
+    UNetBackbone,
+    SDXLBackbone,
+    PixArtAlphaBackbone,
+    PixArtSigmaBackbone,
+    SD3Backbone,
+    FluxBackbone,
+    HunyuanDiTBackbone,
+]
 
 
 def register_family(cls: type[Backbone]) -> type[Backbone]:
@@ -52,7 +61,28 @@ def load_backbone(
     index = read_model_index(path)
     cls = family_for(index, path)
     components = load_components(path, index, device, dtype, allow_pickle)
-    return cls(components, model_id, device, dtype)
+    backbone = cls(components, model_id, device, dtype)
+    apply_model_defaults(backbone, path)
+    return backbone
+
+
+def apply_model_defaults(backbone: Backbone, folder: Path) -> None:
+    """Read the optional `attnseg.json` beside model_index.json: preset fields, method defaults, prompt template.
+
+    It lets a shipped model carry what was measured for it (its best timestep, τ, caption style) as data.
+    """
+    import dataclasses
+    import json
+
+    path = folder / "attnseg.json"
+    if not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+        backbone.preset = dataclasses.replace(backbone.preset, **data.get("preset", {}))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise BadCheckpointError(f"{path} is not a valid attnseg.json ({exc})") from exc
+    backbone.defaults = {"method": dict(data.get("method", {})), "template": data.get("template")}
 
 
 __all__ = [

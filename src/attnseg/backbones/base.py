@@ -50,6 +50,7 @@ class Backbone:
         self.device = device
         self.dtype = dtype
         self.preset = self.default_preset
+        self.defaults: dict = {"method": {}, "template": None}  # from a model's attnseg.json, if it has one
 
     # -- what a family provides -------------------------------------------------------------------------
     @property
