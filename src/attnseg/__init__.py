@@ -35,7 +35,7 @@ def __getattr__(name: str):
 
         return Segmentation
     if name == "trace":
-        from attnseg.trace import trace
+        from attnseg.tracing import trace
 
         return trace
     raise AttributeError(f"module 'attnseg' has no attribute {name!r}")

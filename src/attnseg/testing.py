@@ -158,7 +158,12 @@ def _tiny_vae16(seed: int = 0):
 
 def build_tiny_pixart(folder: str | Path, sigma: bool = True, seed: int = 0) -> Path:
     """A random PixArt-Σ (or -α, with size conditioning) pipeline: 2 blocks, 16² latents, tiny T5."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from diffusers import (
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+        PixArtTransformer2DModel,
+    )
 
     folder = Path(folder)
     tokenizer = tiny_t5_tokenizer()
@@ -178,8 +183,11 @@ def build_tiny_pixart(folder: str | Path, sigma: bool = True, seed: int = 0) -> 
     return folder
 
 
-def build_tiny_sd3(folder: str | Path, with_t5: bool = True, seed: int = 0) -> Path:
-    """A random SD3-style pipeline: two CLIP encoders + T5 (optional), 2 joint blocks (the last context-pre-only)."""
+def build_tiny_sd3(folder: str | Path, with_t5: bool = True, sd35: bool = False, seed: int = 0) -> Path:
+    """A random SD3-style pipeline: two CLIP encoders + T5 (optional), 2 joint blocks (the last context-pre-only).
+
+    sd35: SD3.5-style blocks, with q/k RMS norms and a second, image-only attention in the first block.
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     folder = Path(folder)
@@ -192,7 +200,7 @@ def build_tiny_sd3(folder: str | Path, with_t5: bool = True, seed: int = 0) -> P
     transformer = SD3Transformer2DModel(
         sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
         joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=32, out_channels=16,
-        pos_embed_max_size=16,
+        pos_embed_max_size=16, dual_attention_layers=(0,) if sd35 else (), qk_norm="rms_norm" if sd35 else None,
     )  # fmt: skip
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae16(seed),
@@ -222,6 +230,51 @@ def build_tiny_flux(folder: str | Path, guidance: bool = True, seed: int = 0) ->
         text_encoder=_clip_text_encoder(len(clip_tokenizer), 16, seed=seed), tokenizer=clip_tokenizer,
         text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed), tokenizer_2=t5_tokenizer,
         transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    _remove_tree(folder / "_tok")
+    return folder
+
+
+def tiny_bert_tokenizer(folder: Path, max_length: int = 77):
+    """A WordPiece tokenizer over the tiny vocabulary (unknown words split into letters), with [CLS]/[SEP]/[PAD]."""
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "|", *WORDS, *letters]
+    vocab += ["##" + c for c in letters]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizer(str(folder / "vocab.txt"), model_max_length=max_length)
+
+
+def build_tiny_hunyuandit(folder: str | Path, seed: int = 0) -> Path:
+    """A random HunyuanDiT pipeline: 4 blocks (one long skip), BERT (77 tokens) + T5 (64 tokens), 16² latents."""
+    from diffusers import DDPMScheduler, HunyuanDiT2DModel, HunyuanDiTPipeline
+    from transformers import BertConfig, BertModel
+
+    folder = Path(folder)
+    bert_tokenizer = tiny_bert_tokenizer(folder / "_tok")
+    t5_tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=128,
+        ),
+        add_pooling_layer=False,
+    ).eval()  # fmt: skip
+    torch.manual_seed(seed)
+    transformer = HunyuanDiT2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=16, hidden_size=16,
+        num_layers=4, cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, text_len=77,
+        text_len_t5=64,
+    )  # fmt: skip
+    pipe = HunyuanDiTPipeline(
+        vae=_tiny_vae(seed), text_encoder=bert, tokenizer=bert_tokenizer, transformer=transformer,
+        scheduler=DDPMScheduler(num_train_timesteps=1000), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False, text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed),
+        tokenizer_2=t5_tokenizer,
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")

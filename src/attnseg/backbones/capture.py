@@ -96,6 +96,8 @@ class CaptureStore:
         for target, weights in ((self.cross_mean, None), (self.cross_goca, weights_bhp)):
             maps = aggregate_heads(probs_bhpn, weights)  # B×P×N
             kept = maps[..., : self.keep_tokens]
+            if kept.shape[-1] < self.keep_tokens:  # a text shorter than the kept columns: pad with zeros
+                kept = F.pad(kept, (0, self.keep_tokens - kept.shape[-1]))
             rest = maps[..., self.keep_tokens :].sum(-1, keepdim=True)
             target[layer] = torch.cat([kept, rest], -1)
         self._track()

@@ -43,6 +43,7 @@ class Trace:
         self.steps = 0
         self._hooks: list = []
         self._stack = contextlib.ExitStack()
+        self._installed = False
 
     def _before(self, module, args, kwargs) -> None:
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
@@ -51,8 +52,9 @@ class Trace:
         self.proxy.store = CaptureStore(latent, self.keep_tokens, plan.map_size, plan.reference_grid,
                                         plan.propagation_layers, self.config.renormalize_resized_rows,
                                         self.config.reference_channel0)  # fmt: skip
-        if not self._stack._exit_callbacks:  # processors are installed once, on the first call
+        if not self._installed:  # processors are installed once, on the first call, and read the proxy
             self._stack.enter_context(self.backbone.capturing(plan, self.proxy))
+            self._installed = True
 
     def _after(self, module, args, kwargs, output) -> None:
         captured = self.proxy.store.finish()
@@ -73,6 +75,7 @@ class Trace:
         for hook in self._hooks:
             hook.remove()
         self._stack.close()
+        self._installed = False
 
     def segment(self, prompt: str, classes: list[str] | str, image=None, tau: float | None = None) -> Segmentation:
         """Segment the generated image into classes named in `prompt` (maps averaged over the captured steps)."""
