@@ -162,3 +162,27 @@ def test_model_defaults_from_attnseg_json(tiny_sd, tmp_path, random_image):
     (folder / "attnseg.json").write_text("{broken")
     with pytest.raises(BadCheckpointError, match="attnseg.json"):
         Segmentor.from_pretrained(folder)
+
+
+def test_sd2_v_prediction_linear_projection(tmp_path, random_image):
+    from attnseg.testing import build_tiny_sd
+
+    folder = build_tiny_sd(tmp_path / "sd2", sd2=True)
+    seg = Segmentor.from_pretrained(folder)
+    result = seg.segment(random_image, ["cat", "wall"])
+    assert result.meta["model"]["family"] == "sd" and len(result.meta["layers"]) == 7
+    assert seg.backbone.components["scheduler"].config.prediction_type == "v_prediction"
+
+
+def test_hub_id_loads_from_the_local_cache_without_network(tiny_sd, tmp_path, monkeypatch, random_image):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-sd" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_sd, snapshot)
+    (cache / "models--someone--tiny-sd" / "refs").mkdir()
+    (cache / "models--someone--tiny-sd" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub._snapshot_download.constants.HF_HUB_CACHE", str(cache), raising=False)
+    seg = Segmentor.from_pretrained("someone/tiny-sd")
+    assert seg.backbone.model_id == "someone/tiny-sd"
+    assert seg.segment(random_image, ["cat"]).meta["model"]["model_id"] == "someone/tiny-sd"

@@ -65,19 +65,25 @@ def _tiny_unet(cross_dim: int, seed: int = 0, **extra):
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8, **extra,
+        cross_attention_dim=cross_dim, norm_num_groups=8, **({"attention_head_dim": 8} | extra),
     )  # fmt: skip
 
 
-def build_tiny_sd(folder: str | Path, seed: int = 0) -> Path:
-    """A random SD1-style pipeline (UNet with cross-attention at 16² and 8², CLIP BPE) saved at `folder`."""
+def build_tiny_sd(folder: str | Path, seed: int = 0, sd2: bool = False) -> Path:
+    """A random SD1-style pipeline (UNet with cross-attention at 16² and 8², CLIP BPE) saved at `folder`.
+
+    sd2=True gives the SD2.x traits instead: v-prediction, linear projections, per-level head counts.
+    """
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     folder = Path(folder)
     tokenizer = tiny_clip_tokenizer(folder / "_tok")
+    text_dim = 48 if sd2 else 32
+    unet_extra = {"use_linear_projection": True, "attention_head_dim": (2, 4, 8)} if sd2 else {}
     pipe = StableDiffusionPipeline(
-        vae=_tiny_vae(seed), text_encoder=_clip_text_encoder(len(tokenizer), 32, seed=seed), tokenizer=tokenizer,
-        unet=_tiny_unet(32, seed), scheduler=DDPMScheduler(num_train_timesteps=1000),
+        vae=_tiny_vae(seed), text_encoder=_clip_text_encoder(len(tokenizer), text_dim, seed=seed), tokenizer=tokenizer,
+        unet=_tiny_unet(text_dim, seed, **unet_extra),
+        scheduler=DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction" if sd2 else "epsilon"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.save_pretrained(folder, safe_serialization=True)
