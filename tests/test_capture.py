@@ -1,5 +1,6 @@
 """The capture must not change the model, and its streamed reductions must equal the stored-maps computation."""
 
+import pytest
 import torch
 
 from attnseg.backbones import load_backbone
@@ -57,11 +58,13 @@ def test_attend_streams_what_stored_maps_would_give():
     assert torch.allclose(captured.affinity, self_attn, atol=1e-6)
 
 
-def test_joint_attend_restricts_softmax_per_block():
+@pytest.mark.parametrize("propagation", [{"J"}, set()])
+def test_joint_attend_restricts_softmax_per_block(propagation):
     torch.manual_seed(1)
     b, h, n, p, d = 1, 2, 3, 4, 4  # joint sequence: [text (3), image (4)]
     q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
-    store = CaptureStore((2, 2), keep_tokens=3, map_size=(2, 2), reference_grid=None, propagation_layers={"J"})
+    store = CaptureStore((2, 2), keep_tokens=3, map_size=(2, 2), reference_grid=(2, 2), propagation_layers=propagation)
+    store.set_reference(torch.randn(b, p, 5), (2, 2))
     plan = AttentionPlan("J", read_cross=True, read_self=True, image_queries=slice(n, n + p),
                          text_keys=slice(0, n), image_keys=slice(n, n + p))  # fmt: skip
     out = attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, store=store, out_proj_weight=torch.randn(5, h * d))
@@ -71,7 +74,26 @@ def test_joint_attend_restricts_softmax_per_block():
     captured = store.finish()
     cross = logits[..., :n].softmax(-1).mean(1)
     assert torch.allclose(captured.cross["mean"][0][..., :3], cross, atol=1e-6)
-    assert torch.allclose(captured.affinity, logits[..., n:].softmax(-1).mean(1), atol=1e-6)
+    self_attn = logits[..., n:].softmax(-1).mean(1)
+    assert torch.allclose(captured.layer_scores[0, 0], layer_similarity(store.reference, self_attn)[0], atol=1e-5)
+    if propagation:
+        assert torch.allclose(captured.affinity, self_attn, atol=1e-6)
+    else:
+        assert captured.affinity is None
+
+
+def test_scoring_only_layers_compute_just_the_reference_rows():
+    torch.manual_seed(2)
+    b, h, p, d = 1, 2, 64, 4  # an 8×8 layer scored against a 4×4 reference
+    q, k, v = (torch.randn(b, h, p, d) for _ in range(3))
+    store = CaptureStore((8, 8), keep_tokens=2, map_size=(8, 8), reference_grid=(4, 4), propagation_layers=set())
+    store.set_reference(torch.randn(b, 16, 6), (4, 4))
+    store.add_cross("S", torch.softmax(torch.randn(b, h, p, 3), -1), torch.full((b, h, p), 0.5), (8, 8))
+    out = attend(q, k, v, scale=d**-0.5, mask=None, store=store, plan=AttentionPlan("S", read_self=True, image_keys=slice(None)))
+    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
+    full = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
+    expected = layer_similarity(store.reference, resize_self_attention(full, (8, 8), (4, 4), True))
+    assert torch.allclose(store.finish().layer_scores[:, 0], expected, atol=1e-5)
 
 
 def test_vanilla_plan_reads_only_what_it_needs(tiny_sd):

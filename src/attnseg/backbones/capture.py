@@ -102,15 +102,35 @@ class CaptureStore:
             target[layer] = torch.cat([kept, rest], -1)
         self._track()
 
-    def add_self(self, layer: str, attn_bpp: torch.Tensor, grid: tuple[int, int]) -> None:
-        """Score a layer's head-mean self-attention against the reference, and add it to the propagation sum."""
+    def scoring_rows(self, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """For a layer finer than the reference grid, the query rows that nearest-resizing keeps, and their grid.
+
+        Scoring reads nothing else of such a layer, so the other rows need never be computed.
+        """
+        if self.reference_grid is None or grid[0] * grid[1] <= self.reference_grid[0] * self.reference_grid[1]:
+            return None
+        (h, w), (ht, wt) = grid, self.reference_grid
+        ys = (torch.arange(ht) * h) // ht  # the source row F.interpolate(mode="nearest") picks
+        xs = (torch.arange(wt) * w) // wt
+        return (ys[:, None] * w + xs[None, :]).flatten(), (ht, wt)
+
+    def add_self(
+        self, layer: str, attn_bqk: torch.Tensor, grid: tuple[int, int], query_grid: tuple[int, int] | None = None
+    ) -> None:
+        """Score a layer's head-mean self-attention against the reference, and add it to the propagation sum.
+
+        attn_bqk: queries on `query_grid` (default: the layer's grid), keys on the layer's grid.
+        """
         self._register(layer, grid)
+        query_grid = query_grid or grid
         if layer in self.propagation_layers:
-            on_map = resize_self_attention(attn_bpp, grid, self.map_size, self.renormalize_rows)
+            if query_grid != grid:
+                raise RuntimeError(f"propagation layer {layer} was captured on a subset of its query rows")
+            on_map = resize_self_attention(attn_bqk, grid, self.map_size, self.renormalize_rows)
             self.affinity_sum = on_map if self.affinity_sum is None else self.affinity_sum + on_map
             self.affinity_count += 1
         if self.reference_grid is not None:
-            on_ref = resize_self_attention(attn_bpp, grid, self.reference_grid, self.renormalize_rows)
+            on_ref = resize_self_attention(attn_bqk, grid, self.reference_grid, self.renormalize_rows, query_grid)
             if self.reference is not None:
                 self.scores[layer] = layer_similarity(self.reference, on_ref)
             else:
@@ -158,10 +178,37 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def _slice_mask(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
-    if mask is None or mask.shape[-2] == 1:
-        return mask
-    return mask[..., rows, :]
+def _mask_block(mask: torch.Tensor | None, rows, cols) -> torch.Tensor | None:
+    """The part of an additive mask (broadcastable to B×H×Lq×Lk) for some query rows and key columns."""
+    if mask is None:
+        return None
+    if mask.shape[-2] != 1:
+        mask = mask[..., rows, :]
+    return mask[..., cols] if mask.shape[-1] != 1 else mask
+
+
+def _head_groups(h: int, elements_per_head: int) -> list[slice]:
+    """Head slices whose logits stay under the budget together."""
+    group = max(1, min(h, _LOGITS_BUDGET // max(1, elements_per_head)))
+    return [slice(i, min(h, i + group)) for i in range(0, h, group)]
+
+
+def _block_softmax(q, k, scale, mask, heads: slice, cols) -> torch.Tensor:
+    """softmax(q k^T) restricted to the key columns `cols`, for a group of heads; float32.
+
+    Computed in place in one buffer: on a CPU these maps are memory-bound, so each saved pass counts.
+    """
+    logits = ((q[:, heads] * scale) @ k[:, heads, cols].transpose(-1, -2)).float()
+    if mask is not None:
+        logits.add_(mask.float())
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
+
+
+def _restrict(probs: torch.Tensor, cols, joint: bool) -> torch.Tensor:
+    """A block of the joint softmax renormalised over its columns: the softmax restricted to that block."""
+    block = probs[..., cols]
+    return block / block.sum(-1, keepdim=True).clamp_min(1e-30) if joint else block
 
 
 def attend(
@@ -177,8 +224,10 @@ def attend(
 ) -> torch.Tensor:
     """Attention output B×H×L×d, reducing what `plan` reads into `store` on the way.
 
-    Calls the store does not read keep the fused kernel. Read calls compute the image-query rows head group
-    by head group, so only one group's logits exist at a time.
+    The output always comes from the fused kernel, except in propagation layers, whose every probability is
+    needed anyway: there the image rows are computed from explicit probabilities, head group by head group.
+    Elsewhere only what is read is computed: the text-key block for cross-attention, and for layer scoring
+    only the query rows that land on the reference grid.
     """
     if store is None or plan is None or not (plan.read_cross or plan.read_self or plan.reference_query):
         return _sdpa(q, k, v, mask, scale)
@@ -188,43 +237,53 @@ def attend(
     positions = len(rows)
     grid = store.grid_for(positions)
     if plan.reference_query:
-        feature = q[:, :, img].transpose(1, 2).reshape(b, positions, h * d)
-        store.set_reference(feature, grid)
+        store.set_reference(q[:, :, img].transpose(1, 2).reshape(b, positions, h * d), grid)
     if not (plan.read_cross or plan.read_self):
         return _sdpa(q, k, v, mask, scale)
 
-    out = torch.empty_like(q)
-    other = [s for s in (slice(0, img.start), slice(img.stop, length)) if s.stop > s.start]
-    for part in other:  # text-query rows of a joint call: fused, nothing read
-        out[:, :, part] = _sdpa(q[:, :, part], k, v, _slice_mask(mask, part), scale)
-
     q_img = q[:, :, img]
-    keys = k.shape[2]
-    group = max(1, min(h, _LOGITS_BUDGET // max(1, b * positions * keys)))
-    cross_heads = []
-    self_sum = None
     joint = plan.text_keys is not None and plan.image_keys is not None
-    for start in range(0, h, group):
-        heads = slice(start, min(h, start + group))
-        logits = (q_img[:, heads] @ k[:, heads].transpose(-1, -2)).float() * scale  # B×g×P×L
-        if mask is not None:
-            logits = logits + _slice_mask(mask, img).float()
-        probs = logits.softmax(-1)
-        out[:, heads, img] = (probs.to(v.dtype) @ v[:, heads]).to(out.dtype)
+    text_cols = plan.text_keys if plan.text_keys is not None else slice(None)
+    image_cols = plan.image_keys if plan.image_keys is not None else slice(None)
+    cross_heads: list[torch.Tensor] = []
+    self_sum = None
+    query_grid = grid
+    if plan.read_self and plan.layer in store.propagation_layers:
+        out = torch.empty_like(q)
+        for part in (slice(0, img.start), slice(img.stop, length)):
+            if part.stop > part.start:  # text-query rows of a joint call: fused, nothing read
+                out[:, :, part] = _sdpa(q[:, :, part], k, v, _mask_block(mask, part, slice(None)), scale)
+        for heads in _head_groups(h, b * positions * k.shape[2]):
+            probs = _block_softmax(q_img, k, scale, _mask_block(mask, img, slice(None)), heads, slice(None))
+            out[:, heads, img] = (probs.to(v.dtype) @ v[:, heads]).to(out.dtype)
+            if plan.read_cross:
+                cross_heads.append(_restrict(probs, text_cols, joint))
+            block = _restrict(probs, image_cols, joint).sum(1)
+            self_sum = block if self_sum is None else self_sum + block
+            del probs, block
+    else:
+        out = _sdpa(q, k, v, mask, scale)
         if plan.read_cross:
-            cross = logits[..., plan.text_keys].softmax(-1) if joint else probs[..., plan.text_keys or slice(None)]
-            cross_heads.append(cross)
+            n_text = k[:, :, text_cols].shape[2]
+            for heads in _head_groups(h, b * positions * n_text):
+                cross_heads.append(_block_softmax(q_img, k, scale, _mask_block(mask, img, text_cols), heads, text_cols))
         if plan.read_self:
-            self_block = logits[..., plan.image_keys].softmax(-1) if joint else probs
-            part_sum = self_block.sum(1)
-            self_sum = part_sum if self_sum is None else self_sum + part_sum
-        del logits, probs
+            picked = store.scoring_rows(grid)
+            q_rows = q_img if picked is None else q_img[:, :, picked[0]]
+            query_grid = grid if picked is None else picked[1]
+            row_mask = _mask_block(mask, img, image_cols)
+            if row_mask is not None and picked is not None and row_mask.shape[-2] != 1:
+                row_mask = row_mask[..., picked[0], :]
+            for heads in _head_groups(h, b * q_rows.shape[2] * positions):
+                part = _block_softmax(q_rows, k, scale, row_mask, heads, image_cols).sum(1)
+                self_sum = part if self_sum is None else self_sum + part
     if plan.read_cross:
         probs_bhpn = torch.cat(cross_heads, 1)
-        weights = head_weights(out[:, :, img].float(), out_proj_weight.float()) if out_proj_weight is not None else None
-        if weights is None:
+        if out_proj_weight is not None:
+            weights = head_weights(out[:, :, img].float(), out_proj_weight.float())
+        else:
             weights = torch.full(probs_bhpn.shape[:3], 1.0 / h, device=q.device)
         store.add_cross(plan.layer, probs_bhpn, weights, grid)
     if plan.read_self:
-        store.add_self(plan.layer, self_sum / h, grid)
+        store.add_self(plan.layer, self_sum / h, grid, query_grid)
     return out

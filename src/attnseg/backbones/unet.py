@@ -76,7 +76,9 @@ class UNetBackbone(Backbone):
             if name.endswith("attn2"):
                 plans[name] = AttentionPlan(layer, read_cross=True, text_keys=slice(None), reference_query=name == reference)
             else:
-                propagate = grid == map_size and config.refine != "none"
+                # Propagation reads the decoder's finest layers (their full self-attention is costly to compute;
+                # the encoder's ones are only scored, on the reference grid's query rows).
+                propagate = grid == map_size and name.startswith("up_blocks") and config.refine != "none"
                 if propagate:
                     propagation.add(layer)
                 if propagate or score_layers:

@@ -21,17 +21,26 @@ def reference_affinity(feature_bpc: torch.Tensor, channel0: bool = False) -> tor
 
 
 def resize_self_attention(
-    attn_bqk: torch.Tensor, grid: tuple[int, int], target: tuple[int, int], renormalize: bool
+    attn_bqk: torch.Tensor,
+    grid: tuple[int, int],
+    target: tuple[int, int],
+    renormalize: bool,
+    query_grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Resize a B×P×P self-attention on `grid` to `target`: keys bilinear, queries nearest."""
-    if tuple(grid) == tuple(target):
+    """Resize a self-attention with keys on `grid` and queries on `query_grid` (default `grid`) to `target`.
+
+    Keys bilinear, queries nearest.
+    """
+    query_grid = tuple(query_grid or grid)
+    if tuple(grid) == tuple(target) == query_grid:
         return attn_bqk
     b, p, _ = attn_bqk.shape
-    (h, w), (ht, wt) = grid, target
+    (h, w), (ht, wt), (hq, wq) = grid, target, query_grid
     keys = attn_bqk.reshape(b, p, h, w)
-    keys = F.interpolate(keys, size=(ht, wt), mode="bilinear", align_corners=False)  # B×P×Ht×Wt
-    keys = keys.reshape(b, h, w, ht * wt).permute(0, 3, 1, 2)  # B×Pt(keys)×H×W(queries)
-    both = F.interpolate(keys, size=(ht, wt), mode="nearest")  # B×Pt×Ht×Wt
+    if (h, w) != (ht, wt):
+        keys = F.interpolate(keys, size=(ht, wt), mode="bilinear", align_corners=False)  # B×Pq×Ht×Wt
+    keys = keys.reshape(b, hq, wq, ht * wt).permute(0, 3, 1, 2)  # B×Pt(keys)×Hq×Wq(queries)
+    both = keys if (hq, wq) == (ht, wt) else F.interpolate(keys, size=(ht, wt), mode="nearest")
     out = both.reshape(b, ht * wt, ht * wt).transpose(1, 2)  # queries × keys
     if renormalize:
         out = out / out.sum(-1, keepdim=True).clamp_min(1e-12)
