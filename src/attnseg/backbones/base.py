@@ -36,6 +36,28 @@ class CapturePlan:
     propagation_layers: set[str] = field(default_factory=set)
 
 
+def transformer_blocks_plan(
+    prefix: str, n_blocks: int, reference: int, grid: tuple[int, int], config: MethodConfig
+) -> CapturePlan:
+    """Plan for DiTs whose blocks have a self-attention `attn1` and a cross-attention `attn2` on one token grid.
+
+    Every block is read; the reference is block `reference`'s cross-attention query; all blocks propagate.
+    """
+    score_layers = config.layer_aggregation == "goca"
+    propagate = config.refine != "none"
+    plans, propagation = {}, set()
+    for index in range(n_blocks):
+        layer = f"{prefix}.{index}"
+        plans[f"{layer}.attn2"] = AttentionPlan(
+            layer, read_cross=True, text_keys=slice(None), reference_query=score_layers and index == reference
+        )
+        if propagate or score_layers:
+            plans[f"{layer}.attn1"] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
+        if propagate:
+            propagation.add(layer)
+    return CapturePlan(plans, grid, grid if score_layers else None, propagation)
+
+
 class Backbone:
     """One model family: how to load it, encode text and images, noise, run the denoiser and read attention."""
 

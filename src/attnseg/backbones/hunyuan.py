@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
-from attnseg.backbones.capture import AttentionPlan
+from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, transformer_blocks_plan
 from attnseg.backbones.pixart import ddpm_add_noise
 from attnseg.method.config import MethodConfig
 
@@ -109,19 +108,4 @@ class HunyuanDiTBackbone(Backbone):
         n_blocks = len(self.denoiser.blocks)
         # METHOD.md names no HunyuanDiT reference: the middle block's cross-attention query, as for small PixArts.
         reference = n_blocks // 2
-        score_layers = config.layer_aggregation == "goca"
-        propagate = config.refine != "none"  # every block works on the one token grid
-        plans, propagation = {}, set()
-        for index in range(n_blocks):
-            layer = f"blocks.{index}"
-            plans[f"{layer}.attn2"] = AttentionPlan(
-                layer,
-                read_cross=True,
-                text_keys=slice(None),
-                reference_query=score_layers and index == reference,
-            )
-            if propagate or score_layers:
-                plans[f"{layer}.attn1"] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
-            if propagate:
-                propagation.add(layer)
-        return CapturePlan(plans, grid, grid if score_layers else None, propagation)
+        return transformer_blocks_plan("blocks", n_blocks, reference, grid, config)

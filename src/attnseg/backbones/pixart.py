@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
-from attnseg.backbones.capture import AttentionPlan
+from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, transformer_blocks_plan
 from attnseg.method.config import MethodConfig
 
 REFERENCE_BLOCK = 13  # METHOD.md (b): PixArt's reference feature is block 13's query
@@ -86,23 +85,7 @@ class PixArtAlphaBackbone(Backbone):
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         n_blocks = len(self.denoiser.transformer_blocks)
         reference = REFERENCE_BLOCK if n_blocks > REFERENCE_BLOCK else n_blocks // 2
-        score_layers = config.layer_aggregation == "goca"
-        propagate = config.refine != "none"  # every block works on the one token grid: all of them propagate
-        plans, propagation = {}, set()
-        for index in range(n_blocks):
-            layer = f"transformer_blocks.{index}"
-            # The reference is the image query of the block's cross-attention (as for the UNet families).
-            plans[f"{layer}.attn2"] = AttentionPlan(
-                layer,
-                read_cross=True,
-                text_keys=slice(None),
-                reference_query=score_layers and index == reference,
-            )
-            if propagate or score_layers:
-                plans[f"{layer}.attn1"] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
-            if propagate:
-                propagation.add(layer)
-        return CapturePlan(plans, grid, grid if score_layers else None, propagation)
+        return transformer_blocks_plan("transformer_blocks", n_blocks, reference, grid, config)
 
 
 class PixArtSigmaBackbone(PixArtAlphaBackbone):

@@ -1,0 +1,1 @@
+"""The synthetic scene world with exact masks, and the training of the embedded models."""
