@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     optional = (
         ("attnseg.demo.scenes", "add_demo_command"),
+        ("attnseg.demo.web", "add_serve_command"),
         ("attnseg.world.cli", "add_world_commands"),
         ("attnseg.eval.cli", "add_eval_commands"),
     )

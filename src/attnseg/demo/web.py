@@ -1,0 +1,208 @@
+"""`attnseg serve`: a small web page to segment your own images (standard library server, no extra packages)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnseg.errors import AttnsegError
+from attnseg.io import prepare_image
+from attnseg.method.config import METHOD_PRESETS, method_config
+from attnseg.segmentation import palette
+
+MAX_BODY = 25 * 1024 * 1024
+
+
+def _png_data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _heatmap(scores_hw: torch.Tensor) -> Image.Image:
+    """A score map in [0, 1] as a blue→yellow picture."""
+    x = scores_hw.clamp(0, 1).numpy()
+    rgb = np.stack([x, x**0.5 * 0.9, 1 - x], -1) * 255
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+class DemoApp:
+    """Holds the loaded model; answers segment and sample requests. One forward at a time."""
+
+    def __init__(self, model: str | None, device: str | None) -> None:
+        from attnseg.segmentor import Segmentor
+
+        self.base = Segmentor.from_pretrained(model, device=device)
+        self.lock = threading.Lock()
+
+    def segment(self, request: dict) -> dict:
+        from attnseg.segmentor import Segmentor
+
+        data_url = request.get("image", "")
+        if "," not in data_url:
+            raise AttnsegError("no image was sent: choose a file or a sample scene first")
+        try:
+            image = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))
+            image.load()
+        except Exception as exc:  # noqa: BLE001 — any decoding failure is the same user mistake
+            raise AttnsegError(f"the file could not be read as an image ({exc})") from exc
+        image = prepare_image(image, "the uploaded image", self.base.max_pixels)
+        method = request.get("method", "goca")
+        overrides = dict(self.base.backbone.defaults["method"])
+        if request.get("tau") not in (None, ""):
+            overrides["tau"] = float(request["tau"])
+        config = method_config(method, **overrides)
+        seg = Segmentor(self.base.backbone, config, method, self.base.template, None)
+        with self.lock, torch.no_grad():
+            result = seg.segment(image, request.get("classes", ""), seed=int(request.get("seed", 0)))
+        colours = palette(len(result.classes))
+        labels = result.labels
+        share = {name: float((labels == k + 1).float().mean()) for k, name in enumerate(result.classes)}
+        return {
+            "overlay": _png_data_url(result.overlay()),
+            "classes": [
+                {"name": name, "colour": "#{:02x}{:02x}{:02x}".format(*colours[k + 1]), "share": share[name],
+                 "heatmap": _png_data_url(_heatmap(result.scores[k]))}
+                for k, name in enumerate(result.classes)
+            ],  # fmt: skip
+            "background_share": float((labels == 0).float().mean()),
+            "meta": {"method": method, "tau": config.tau, "seed": result.meta["seed"],
+                     "model": result.meta["model"]["model_id"], "seconds": round(sum(
+                         v for k, v in result.meta["timings"].items() if k.endswith("_s")), 3)},
+        }  # fmt: skip
+
+    def sample(self, seed: int) -> dict:
+        from attnseg.world.render import CLASSES, render_scenes
+
+        _, scene = next(iter(render_scenes("test", 1, seed)))
+        names = [c.name for c in CLASSES if c.id in scene.present]
+        return {"image": _png_data_url(Image.fromarray(scene.image)), "caption": scene.caption, "classes": ", ".join(names)}
+
+
+def make_handler(app: DemoApp):
+    """The request handler class bound to one app."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args) -> None:  # quiet: one line per request is noise here
+            pass
+
+        def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: HTTPStatus, data: dict) -> None:
+            self._send(status, json.dumps(data).encode(), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 — the http.server API
+            if self.path == "/":
+                self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+            elif self.path.startswith("/api/sample"):
+                seed = self.path.partition("seed=")[2] or "0"
+                try:
+                    self._json(HTTPStatus.OK, app.sample(int(seed)))
+                except (ValueError, ImportError) as exc:
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": f"no sample scene: {exc}"})
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {self.path}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/api/segment":
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {self.path}"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "the image is over 25 MB; send a smaller one"})
+                return
+            try:
+                request = json.loads(self.rfile.read(length) or b"{}")
+                self._json(HTTPStatus.OK, app.segment(request))
+            except json.JSONDecodeError:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": "the request was not JSON"})
+            except (AttnsegError, ValueError) as exc:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+
+    return Handler
+
+
+def serve(model: str | None, device: str | None, host: str, port: int) -> ThreadingHTTPServer:
+    """A started server (call serve_forever, or shutdown when done)."""
+    return ThreadingHTTPServer((host, port), make_handler(DemoApp(model, device)))
+
+
+def add_serve_command(subparsers) -> None:
+    """Register `attnseg serve`."""
+    parser = subparsers.add_parser("serve", help="a web page to segment your own images")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    server = serve(args.model, args.device, args.host, args.port)
+    print(f"attnseg demo on http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+METHOD_OPTIONS = "".join(f'<option value="{m}">{m}</option>' for m in METHOD_PRESETS)
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>attnseg</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
+ header{background:#1d2330;color:#fff;padding:14px 24px} header b{font-size:19px} header span{opacity:.7;margin-left:10px}
+ main{display:grid;grid-template-columns:340px 1fr;gap:20px;padding:20px 24px}
+ .card{background:#fff;border-radius:10px;box-shadow:0 1px 3px #0002;padding:16px}
+ label{display:block;font-weight:600;margin:12px 0 4px} input[type=text],select{width:100%;box-sizing:border-box;padding:7px;border:1px solid #c6cad3;border-radius:6px}
+ button{margin-top:14px;padding:9px 16px;border:0;border-radius:6px;background:#3563e9;color:#fff;font-weight:600;cursor:pointer}
+ button.ghost{background:#e7eaf1;color:#1d2330;margin-left:6px} button:disabled{opacity:.5}
+ #preview{max-width:100%;margin-top:10px;border-radius:6px;image-rendering:pixelated}
+ #overlay{max-width:100%;image-rendering:pixelated;border-radius:6px}
+ .maps{display:flex;flex-wrap:wrap;gap:12px;margin-top:14px} .maps figure{margin:0;width:150px}
+ .maps img{width:150px;height:150px;object-fit:contain;image-rendering:pixelated;border-radius:6px;background:#eee}
+ .maps figcaption{font-size:13px} .swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
+ #error{color:#b3261e;margin-top:10px} #meta{color:#5b6272;font-size:13px;margin-top:8px}
+</style></head><body>
+<header><b>attnseg</b><span>name the classes, get a label map — training-free, from a diffusion model's attention</span></header>
+<main><section class="card">
+ <label>Image</label><input type="file" id="file" accept="image/*"> <button class="ghost" id="sample">Sample scene</button>
+ <img id="preview" alt="">
+ <label>Classes <small>(comma-separated; synonyms with |)</small></label><input type="text" id="classes" value="sky, grass, circle">
+ <label>Method</label><select id="method">""" + METHOD_OPTIONS + """</select>
+ <label>Background threshold τ: <span id="tauv">0.5</span></label><input type="range" id="tau" min="0" max="1" step="0.05" value="0.5" style="width:100%">
+ <button id="go">Segment</button><div id="error"></div>
+</section><section class="card"><div id="result">Choose an image (or a sample scene), name the classes, press Segment.</div></section></main>
+<script>
+let image="";
+const $=id=>document.getElementById(id);
+$("tau").oninput=()=>$("tauv").textContent=$("tau").value;
+$("file").onchange=e=>{const r=new FileReader();r.onload=()=>{image=r.result;$("preview").src=image};r.readAsDataURL(e.target.files[0])};
+$("sample").onclick=async()=>{const r=await fetch("/api/sample?seed="+Math.floor(Math.random()*1000));const d=await r.json();
+ if(d.error){$("error").textContent=d.error;return} image=d.image;$("preview").src=image;$("classes").value=d.classes};
+$("go").onclick=async()=>{$("error").textContent="";$("go").disabled=true;$("go").textContent="Segmenting…";
+ try{const r=await fetch("/api/segment",{method:"POST",headers:{"Content-Type":"application/json"},
+  body:JSON.stringify({image,classes:$("classes").value,method:$("method").value,tau:$("tau").value})});
+  const d=await r.json(); if(d.error){$("error").textContent=d.error;return}
+  $("result").innerHTML=`<img id="overlay" src="${d.overlay}"><div id="meta">${d.meta.method}, τ ${d.meta.tau}, seed ${d.meta.seed}, ${d.meta.seconds}s — ${d.meta.model}</div>
+  <div class="maps">${d.classes.map(c=>`<figure><img src="${c.heatmap}"><figcaption><span class="swatch" style="background:${c.colour}"></span>${c.name} — ${(100*c.share).toFixed(1)}%</figcaption></figure>`).join("")}</div>`;
+ }catch(e){$("error").textContent=String(e)}finally{$("go").disabled=false;$("go").textContent="Segment"}};
+</script></body></html>"""
