@@ -93,8 +93,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for cls in FAMILIES:
         preset = cls.default_preset
         noise = f"sigma {preset.sigma}" if preset.sigma is not None else f"t {preset.timestep}"
-        print(f"  {cls.family:10s} {cls.description}")
-        print(f"  {'':10s} pipelines: {', '.join(cls.pipeline_classes)}; native {preset.native_size}px, {noise}")
+        print(f"  {cls.family:13s} {cls.description}")
+        print(f"  {'':13s} pipelines: {', '.join(cls.pipeline_classes)}; native {preset.native_size}px, {noise}")
     default = default_model_name()
     names = embedded_models()
     print("Embedded models:", ", ".join(f"{n}{' (default)' if n == default else ''}" for n in names) or "none")
