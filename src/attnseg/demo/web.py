@@ -175,7 +175,8 @@ PAGE = """<!doctype html>
  label{display:block;font-weight:600;margin:12px 0 4px} input[type=text],select{width:100%;box-sizing:border-box;padding:7px;border:1px solid #c6cad3;border-radius:6px}
  button{margin-top:14px;padding:9px 16px;border:0;border-radius:6px;background:#3563e9;color:#fff;font-weight:600;cursor:pointer}
  button.ghost{background:#e7eaf1;color:#1d2330;margin-left:6px} button:disabled{opacity:.5}
- #preview{max-width:100%;margin-top:10px;border-radius:6px;image-rendering:pixelated}
+ #preview{display:block;width:100%;margin-top:10px;border-radius:6px;image-rendering:pixelated}
+ #preview:not([src]){display:none}
  #overlay{max-width:100%;image-rendering:pixelated;border-radius:6px}
  .maps{display:flex;flex-wrap:wrap;gap:12px;margin-top:14px} .maps figure{margin:0;width:150px}
  .maps img{width:150px;height:150px;object-fit:contain;image-rendering:pixelated;border-radius:6px;background:#eee}
@@ -196,8 +197,9 @@ let image="";
 const $=id=>document.getElementById(id);
 $("tau").oninput=()=>$("tauv").textContent=$("tau").value;
 $("file").onchange=e=>{const r=new FileReader();r.onload=()=>{image=r.result;$("preview").src=image};r.readAsDataURL(e.target.files[0])};
-$("sample").onclick=async()=>{const r=await fetch("/api/sample?seed="+Math.floor(Math.random()*1000));const d=await r.json();
- if(d.error){$("error").textContent=d.error;return} image=d.image;$("preview").src=image;$("classes").value=d.classes};
+async function loadSample(seed){const r=await fetch("/api/sample?seed="+seed);const d=await r.json();
+ if(d.error){$("error").textContent=d.error;return false} image=d.image;$("preview").src=image;$("classes").value=d.classes;return true}
+$("sample").onclick=()=>loadSample(Math.floor(Math.random()*1000));
 $("go").onclick=async()=>{$("error").textContent="";$("go").disabled=true;$("go").textContent="Segmenting…";
  try{const r=await fetch("/api/segment",{method:"POST",headers:{"Content-Type":"application/json"},
   body:JSON.stringify({image,classes:$("classes").value,method:$("method").value,tau:$("tau").value})});
@@ -205,4 +207,6 @@ $("go").onclick=async()=>{$("error").textContent="";$("go").disabled=true;$("go"
   $("result").innerHTML=`<img id="overlay" src="${d.overlay}"><div id="meta">${d.meta.method}, τ ${d.meta.tau}, seed ${d.meta.seed}, ${d.meta.seconds}s — ${d.meta.model}</div>
   <div class="maps">${d.classes.map(c=>`<figure><img src="${c.heatmap}"><figcaption><span class="swatch" style="background:${c.colour}"></span>${c.name} — ${(100*c.share).toFixed(1)}%</figcaption></figure>`).join("")}</div>`;
  }catch(e){$("error").textContent=String(e)}finally{$("go").disabled=false;$("go").textContent="Segment"}};
+// http://host:port/#sample opens on a sample scene, already segmented
+if(location.hash==="#sample"){loadSample(1).then(ok=>{if(ok)$("go").click()})}
 </script></body></html>"""
