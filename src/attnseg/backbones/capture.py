@@ -269,6 +269,8 @@ def attend(
                 cross_heads.append(_block_softmax(q_img, k, scale, _mask_block(mask, img, text_cols), heads, text_cols))
         if plan.read_self:
             picked = store.scoring_rows(grid)
+            if picked is not None:
+                picked = (picked[0].to(q.device), picked[1])
             q_rows = q_img if picked is None else q_img[:, :, picked[0]]
             query_grid = grid if picked is None else picked[1]
             row_mask = _mask_block(mask, img, image_cols)

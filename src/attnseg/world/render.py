@@ -60,7 +60,20 @@ STUFF_ARTICLES = ("the", "some", "", "the")
 CONNECTORS = ("and", ",", "next to", "with", "near", "above", "below", "beside", "in front of", "and")
 STUFF_LINKS = ("on the", "in the", "under the", "over the", "against the", "and the", "with the", "by the")
 SUFFIXES = ("", ".", " in the scene", " here", " today")
-EXTRA_WORDS = ("of", "a", "an", "the", "photo", "picture", "image", "scene", "class", "classes", "background", "object")
+EXTRA_WORDS = (
+    "of",
+    "a",
+    "an",
+    "the",
+    "photo",
+    "picture",
+    "image",
+    "scene",
+    "class",
+    "classes",
+    "background",
+    "object",
+)
 
 
 def caption_vocabulary() -> list[str]:
@@ -194,7 +207,22 @@ def _shape_polygons(name: str) -> list[list[tuple[float, float]]]:
         return [pts]
     if name == "cross":
         a, b = 0.3, 0.95
-        return [[(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]]
+        return [
+            [
+                (-a, -b),
+                (a, -b),
+                (a, -a),
+                (b, -a),
+                (b, a),
+                (a, a),
+                (a, b),
+                (-a, b),
+                (-a, a),
+                (-b, a),
+                (-b, -a),
+                (-a, -a),
+            ]
+        ]
     if name == "bow tie":
         return [
             [(-1.0, -0.65), (-0.15, -0.12), (-0.15, 0.12), (-1.0, 0.65)],
@@ -245,7 +273,9 @@ def _stuff_phrase(rng: np.random.Generator, name: str) -> str:
     return f"{art} {name}".strip()
 
 
-def make_caption(rng: np.random.Generator, things: list[dict], stuff: list[int], omit_p: float = 0.2) -> tuple[str, list[int]]:
+def make_caption(
+    rng: np.random.Generator, things: list[dict], stuff: list[int], omit_p: float = 0.2
+) -> tuple[str, list[int]]:
     """A caption naming the scene's things and stuff in random order; returns (caption, named class ids)."""
     items: list[tuple[str, int, str]] = []
     for t in things:
@@ -343,7 +373,9 @@ def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     visible = [t for t in things if t["id"] in present_ids]
     # One caption item per visible thing instance, stuff only when it survives in the mask.
     caption, named = make_caption(rng, visible, [s for s in stuff_ids if s in present_ids])
-    return Scene(image=image, mask=mask_small, caption=caption, present=present_ids, named=named, things=visible)
+    return Scene(
+        image=image, mask=mask_small, caption=caption, present=present_ids, named=named, things=visible
+    )
 
 
 def split_seed(split: str, seed: int) -> int:
@@ -365,7 +397,9 @@ def render_scenes(split: str, n: int, seed: int = 0, size: int = 64):
 def classes_json() -> dict:
     """The classes.json content of the world."""
     return {
-        "classes": [{"id": c.id, "name": c.name, "synonyms": list(c.synonyms), "kind": c.kind} for c in CLASSES],
+        "classes": [
+            {"id": c.id, "name": c.name, "synonyms": list(c.synonyms), "kind": c.kind} for c in CLASSES
+        ],
         "ignore_index": IGNORE_INDEX,
         "background_id": BACKGROUND_ID,
     }
@@ -392,7 +426,9 @@ def _atomic_save_png(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def render_split(out: str | Path, split: str = "val", n: int = 500, seed: int = 0, size: int = 64, progress: bool = True) -> Path:
+def render_split(
+    out: str | Path, split: str = "val", n: int = 500, seed: int = 0, size: int = 64, progress: bool = True
+) -> Path:
     """Render n scenes of a split into out (images/, masks/, index.jsonl, classes.json); return out."""
     if n <= 0:
         raise BadConfigError(f"--n must be positive, got {n}")
@@ -417,12 +453,20 @@ def render_split(out: str | Path, split: str = "val", n: int = 500, seed: int = 
         m.save(stage / "masks" / f"{sid}.png")
         lines.append(
             json.dumps(
-                {"id": sid, "image": f"images/{sid}.png", "mask": f"masks/{sid}.png", "caption": scene.caption, "present": scene.present}
+                {
+                    "id": sid,
+                    "image": f"images/{sid}.png",
+                    "mask": f"masks/{sid}.png",
+                    "caption": scene.caption,
+                    "present": scene.present,
+                }
             )
         )
     (stage / "index.jsonl").write_text("\n".join(lines) + "\n")
     (stage / "classes.json").write_text(json.dumps(classes_json(), indent=1) + "\n")
-    (stage / "render.json").write_text(json.dumps({"split": split, "n": n, "seed": seed, "size": size}) + "\n")
+    (stage / "render.json").write_text(
+        json.dumps({"split": split, "n": n, "seed": seed, "size": size}) + "\n"
+    )
     if out.exists():
         shutil.rmtree(out)
     os.replace(stage, out)
