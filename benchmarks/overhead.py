@@ -57,8 +57,9 @@ def _rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(folder: str, mode: str, device: str, method: str, repeats: int) -> dict:
-    """Run one mode in this process: 'plain' (denoiser forward), 'capture' (forward with capture), 'segment'."""
+def measure(folder: str, mode: str, device: str, method: str, repeats: int, settings: list[str]) -> dict:
+    """Run one mode in this process: 'plain' (denoiser forward), 'encode+plain' (VAE + text + forward),
+    'capture' (encode + forward with capture), 'segment' (all of attnseg)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -66,7 +67,8 @@ def measure(folder: str, mode: str, device: str, method: str, repeats: int) -> d
     from attnseg.segmentor import Segmentor
 
     torch.set_grad_enabled(False)
-    seg = Segmentor.from_pretrained(folder, method=method, device=device)
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in settings)}
+    seg = Segmentor.from_pretrained(folder, method=method, device=device, **overrides)
     backbone = seg.backbone
     size = backbone.preset.native_size
     image = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8))
@@ -80,6 +82,9 @@ def measure(folder: str, mode: str, device: str, method: str, repeats: int) -> d
     def run() -> None:
         if mode == "plain":
             backbone.run_denoiser(noisy, t, cond)
+        elif mode == "encode+plain":  # what any latent-space method must run at least: VAE, text, one forward
+            noisy_now, t_now = backbone.add_noise(backbone.encode_images(pixels), torch.Generator().manual_seed(0))
+            backbone.run_denoiser(noisy_now, t_now, backbone.encode_text([plans[0].text]))
         elif mode == "capture":
             backbone.capture(pixels, [plans[0].text], plans[0].n_tokens, seg.config, torch.Generator().manual_seed(0))
         else:
@@ -107,10 +112,11 @@ def main() -> None:
     parser.add_argument("--method", default="goca")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--model", default=None, help="an existing diffusers folder instead of building one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting (repeatable)")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        print(json.dumps(measure(args._child[0], args._child[1], args.device, args.method, args.repeats)))
+        print(json.dumps(measure(args._child[0], args._child[1], args.device, args.method, args.repeats, args.set)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model or str(Path(tmp) / "model")
@@ -118,17 +124,19 @@ def main() -> None:
             print(f"building a random-weight {args.family} model ...", file=sys.stderr)
             build(Path(folder), args.family)
         rows = {}
-        for mode in ("plain", "capture", "segment"):
+        for mode in ("plain", "encode+plain", "capture", "segment"):
             cmd = [sys.executable, __file__, "--device", args.device, "--method", args.method,
-                   "--repeats", str(args.repeats), "--_child", folder, mode]  # fmt: skip
+                   "--repeats", str(args.repeats), *[f"--set={s}" for s in args.set], "--_child", folder, mode]  # fmt: skip
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows[mode] = json.loads(out.strip().splitlines()[-1])
     plain = rows["plain"]
-    print(f"family={args.family} device={args.device} method={args.method} repeats={args.repeats}")
-    print(f"{'mode':10s} {'seconds':>9s} {'peak MiB':>10s} {'time ratio':>11s} {'peak ratio':>11s}")
+    print(f"family={args.family} device={args.device} method={args.method} settings={args.set} repeats={args.repeats}")
+    encoded = rows["encode+plain"]
+    print(f"{'mode':13s} {'seconds':>9s} {'peak MiB':>10s} {'time ratio':>11s} {'peak ratio':>11s} {'time vs encode+plain':>21s}")
     for mode, row in rows.items():
-        print(f"{mode:10s} {row['seconds']:9.3f} {row['peak_bytes'] / 2**20:10.1f} "
-              f"{row['seconds'] / plain['seconds']:11.3f} {row['peak_bytes'] / plain['peak_bytes']:11.3f}")  # fmt: skip
+        print(f"{mode:13s} {row['seconds']:9.3f} {row['peak_bytes'] / 2**20:10.1f} "
+              f"{row['seconds'] / plain['seconds']:11.3f} {row['peak_bytes'] / plain['peak_bytes']:11.3f} "
+              f"{row['seconds'] / encoded['seconds']:21.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -109,3 +109,14 @@ def test_resize_to_reference_grid_is_used_for_scores():
     attn = torch.softmax(torch.randn(1, 64, 64), -1)
     small = resize_self_attention(attn, (8, 8), (4, 4), True)
     assert small.shape == (1, 16, 16)
+
+
+def test_propagation_layers_knob_picks_the_last_finest_decoder_layers(tiny_sd):
+    backbone = load_backbone(tiny_sd)
+    everything = backbone.capture_plan((16, 16), method_config("goca"))
+    assert everything.propagation_layers == {
+        "up_blocks.2.attentions.0.transformer_blocks.0", "up_blocks.2.attentions.1.transformer_blocks.0"
+    }  # fmt: skip
+    last = backbone.capture_plan((16, 16), method_config("goca", propagation_layers=1))
+    assert last.propagation_layers == {"up_blocks.2.attentions.1.transformer_blocks.0"}
+    assert not backbone.capture_plan((16, 16), method_config("goca", refine="none")).propagation_layers

@@ -62,3 +62,19 @@ def test_combine_layers_normalises_tokens_and_weights_layers():
 def test_resolution_weights_follow_levels():
     w = resolution_weights([(2, 2), (4, 4), (4, 4)], (0.6, 0.4))
     assert torch.allclose(w, torch.tensor([0.6, 0.2, 0.2]))
+
+
+def test_resize_picking_rows_first_equals_resizing_keys_first():
+    import torch.nn.functional as F
+
+    def keys_then_queries(a, grid, target):
+        b, p, _ = a.shape
+        (h, w), (ht, wt) = grid, target
+        k = F.interpolate(a.reshape(b, p, h, w), size=target, mode="bilinear", align_corners=False)
+        k = k.reshape(b, h, w, ht * wt).permute(0, 3, 1, 2)
+        out = F.interpolate(k, size=target, mode="nearest").reshape(b, ht * wt, ht * wt).transpose(1, 2)
+        return out / out.sum(-1, keepdim=True)
+
+    for grid, target in [((8, 8), (4, 4)), ((6, 4), (3, 2)), ((4, 4), (8, 8))]:
+        a = torch.rand(2, grid[0] * grid[1], grid[0] * grid[1])
+        assert torch.allclose(resize_self_attention(a, grid, target, True), keys_then_queries(a, grid, target), atol=1e-6)

@@ -24,6 +24,7 @@ class BackbonePreset:
     timestep: int = 100  # DDPM-style models: t of num_train_timesteps
     sigma: float | None = None  # flow-matching models: the noise level instead of t
     refine_steps: int = 2
+    propagation_layers: int = 0  # how many of the finest layers (the last ones) propagation averages; 0 = all
 
 
 @dataclass
@@ -36,25 +37,34 @@ class CapturePlan:
     propagation_layers: set[str] = field(default_factory=set)
 
 
+def pick_propagation_layers(candidates: list[str], config: MethodConfig, preset: BackbonePreset) -> set[str]:
+    """The last N candidate layers (finest grid, forward order) whose self-attention propagation averages.
+
+    Propagation layers cost the most to read (every probability of the finest grid), so N is a preset.
+    """
+    if config.refine == "none" or config.refine_steps == 0:
+        return set()
+    n = preset.propagation_layers if config.propagation_layers is None else config.propagation_layers
+    return set(candidates[-n:] if n else candidates)
+
+
 def transformer_blocks_plan(
-    prefix: str, n_blocks: int, reference: int, grid: tuple[int, int], config: MethodConfig
+    prefix: str, n_blocks: int, reference: int, grid: tuple[int, int], config: MethodConfig, preset: BackbonePreset
 ) -> CapturePlan:
     """Plan for DiTs whose blocks have a self-attention `attn1` and a cross-attention `attn2` on one token grid.
 
-    Every block is read; the reference is block `reference`'s cross-attention query; all blocks propagate.
+    Every block's cross-attention is read; the reference is block `reference`'s cross-attention query.
     """
     score_layers = config.layer_aggregation == "goca"
-    propagate = config.refine != "none"
-    plans, propagation = {}, set()
-    for index in range(n_blocks):
-        layer = f"{prefix}.{index}"
+    layers = [f"{prefix}.{index}" for index in range(n_blocks)]
+    propagation = pick_propagation_layers(layers, config, preset)
+    plans = {}
+    for index, layer in enumerate(layers):
         plans[f"{layer}.attn2"] = AttentionPlan(
             layer, read_cross=True, text_keys=slice(None), reference_query=score_layers and index == reference
         )
-        if propagate or score_layers:
+        if layer in propagation or score_layers:
             plans[f"{layer}.attn1"] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
-        if propagate:
-            propagation.add(layer)
     return CapturePlan(plans, grid, grid if score_layers else None, propagation)
 
 

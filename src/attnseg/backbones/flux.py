@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
+from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_propagation_layers
 from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
 from attnseg.backbones.sd3 import flow_add_noise
 from attnseg.method.config import MethodConfig
@@ -88,7 +89,7 @@ class FluxBackbone(Backbone):
         if "vae" in components:
             size = int(getattr(components["vae"].config, "sample_size", size) or size)
         preset = self.default_preset
-        self.preset = BackbonePreset(size, preset.timestep, preset.sigma, preset.refine_steps)
+        self.preset = dataclasses.replace(preset, native_size=size)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -187,15 +188,14 @@ class FluxBackbone(Backbone):
         # [text, image] in both kinds of block; slicing from the end leaves the text length to the prompt.
         image = slice(-positions, None)
         score_layers = config.layer_aggregation == "goca"
-        propagate = config.refine != "none"  # one token grid throughout: every block propagates
-        plans, propagation = {}, set()
-        for layer in self._blocks():
+        blocks = list(self._blocks())
+        propagation = pick_propagation_layers(blocks, config, self.preset)  # one token grid throughout
+        plans = {}
+        for layer in blocks:
             plans[f"{layer}.attn"] = AttentionPlan(
-                layer, read_cross=True, read_self=propagate or score_layers, image_queries=image,
+                layer, read_cross=True, read_self=layer in propagation or score_layers, image_queries=image,
                 text_keys=slice(0, -positions), image_keys=image,
             )  # fmt: skip
-            if propagate:
-                propagation.add(layer)
         return CapturePlan(plans, grid, grid if score_layers else None, propagation)
 
     @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, transformer_blocks_plan
@@ -36,9 +38,7 @@ class HunyuanDiTBackbone(Backbone):
             2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
         )
         preset = self.default_preset
-        self.preset = BackbonePreset(
-            sample * self.vae_factor, preset.timestep, preset.sigma, preset.refine_steps
-        )
+        self.preset = dataclasses.replace(preset, native_size=sample * self.vae_factor)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -108,4 +108,4 @@ class HunyuanDiTBackbone(Backbone):
         n_blocks = len(self.denoiser.blocks)
         # METHOD.md names no HunyuanDiT reference: the middle block's cross-attention query, as for small PixArts.
         reference = n_blocks // 2
-        return transformer_blocks_plan("blocks", n_blocks, reference, grid, config)
+        return transformer_blocks_plan("blocks", n_blocks, reference, grid, config, self.preset)

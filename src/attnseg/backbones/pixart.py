@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, transformer_blocks_plan
@@ -37,7 +39,7 @@ class PixArtAlphaBackbone(Backbone):
         sample = int(self.denoiser.config.sample_size)
         factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
         preset = self.default_preset
-        self.preset = BackbonePreset(sample * factor, preset.timestep, preset.sigma, preset.refine_steps)
+        self.preset = dataclasses.replace(preset, native_size=sample * factor)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -85,7 +87,7 @@ class PixArtAlphaBackbone(Backbone):
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         n_blocks = len(self.denoiser.transformer_blocks)
         reference = REFERENCE_BLOCK if n_blocks > REFERENCE_BLOCK else n_blocks // 2
-        return transformer_blocks_plan("transformer_blocks", n_blocks, reference, grid, config)
+        return transformer_blocks_plan("transformer_blocks", n_blocks, reference, grid, config, self.preset)
 
 
 class PixArtSigmaBackbone(PixArtAlphaBackbone):

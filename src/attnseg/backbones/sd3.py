@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
+from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_propagation_layers
 from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
 from attnseg.method.config import MethodConfig
 from attnseg.prompts import DEFAULT_TEMPLATE, PromptBuilder
@@ -88,9 +90,7 @@ class SD3Backbone(Backbone):
         sample = int(self.denoiser.config.sample_size)
         factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
         sigma = self.default_preset.sigma
-        self.preset = BackbonePreset(
-            sample * factor, round(sigma * 1000), sigma, self.default_preset.refine_steps
-        )
+        self.preset = dataclasses.replace(self.default_preset, native_size=sample * factor, timestep=round(sigma * 1000))
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -176,15 +176,13 @@ class SD3Backbone(Backbone):
         # METHOD.md names no SD3 reference: take the middle block's image query, the rule used for small PixArts.
         reference = n_blocks // 2
         score_layers = config.layer_aggregation == "goca"
-        propagate = config.refine != "none"  # one token grid throughout: every block propagates
-        plans, propagation = {}, set()
-        for index in range(n_blocks):
-            layer = f"transformer_blocks.{index}"
+        layers = [f"transformer_blocks.{index}" for index in range(n_blocks)]
+        propagation = pick_propagation_layers(layers, config, self.preset)  # one token grid throughout
+        plans = {}
+        for index, layer in enumerate(layers):
             plans[f"{layer}.attn"] = AttentionPlan(
-                layer, read_cross=True, read_self=propagate or score_layers, image_queries=image,
+                layer, read_cross=True, read_self=layer in propagation or score_layers, image_queries=image,
                 text_keys=slice(image.stop, None), image_keys=image,
                 reference_query=score_layers and index == reference,
             )  # fmt: skip
-            if propagate:
-                propagation.add(layer)
         return CapturePlan(plans, grid, grid if score_layers else None, propagation)

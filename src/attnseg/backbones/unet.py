@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
+from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_propagation_layers
 from attnseg.backbones.capture import AttentionPlan
 from attnseg.method.config import MethodConfig
 
@@ -25,7 +26,7 @@ class UNetBackbone(Backbone):
         super().__init__(components, model_id, device, dtype)
         sample = int(self.denoiser.config.sample_size)
         factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
-        self.preset = BackbonePreset(native_size=sample * factor, timestep=self.default_preset.timestep)
+        self.preset = dataclasses.replace(self.default_preset, native_size=sample * factor)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -69,20 +70,17 @@ class UNetBackbone(Backbone):
             level = up_levels[min(1, len(up_levels) - 1)]
             reference = f"up_blocks.{level}.attentions.0.transformer_blocks.0.attn2"
         score_layers = config.layer_aggregation == "goca"
+        # Propagation candidates: the decoder's layers on the finest grid (the encoder's are only scored, on the
+        # reference grid's query rows); the preset says how many of the last ones to average.
+        candidates = [n.rsplit(".", 1)[0] for n, g in grids.items() if n.endswith("attn1") and g == map_size and n.startswith("up_blocks")]
+        propagation = pick_propagation_layers(candidates, config, self.preset)
         plans = {}
-        propagation = set()
-        for name, grid in grids.items():
+        for name in grids:
             layer = name.rsplit(".", 1)[0]
             if name.endswith("attn2"):
                 plans[name] = AttentionPlan(layer, read_cross=True, text_keys=slice(None), reference_query=name == reference)
-            else:
-                # Propagation reads the decoder's finest layers (their full self-attention is costly to compute;
-                # the encoder's ones are only scored, on the reference grid's query rows).
-                propagate = grid == map_size and name.startswith("up_blocks") and config.refine != "none"
-                if propagate:
-                    propagation.add(layer)
-                if propagate or score_layers:
-                    plans[name] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
+            elif layer in propagation or score_layers:
+                plans[name] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
         reference_grid = grids.get(reference) if (reference and score_layers) else None
         if not score_layers and reference in plans:
             plans[reference] = AttentionPlan(reference.rsplit(".", 1)[0], read_cross=True, text_keys=slice(None))

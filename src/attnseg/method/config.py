@@ -27,6 +27,7 @@ class MethodConfig:
     refine: str = "propagate"  # (d) none | propagate | iseg
     refine_steps: int = 2  # (d) k
     refine_order: str = "after_rescale"  # (d) propagate after or before rescaling
+    propagation_layers: int | None = None  # (d) average the last N finest layers' self-attention; None: family preset, 0: all
     iseg_gamma: float = 2.0  # iSeg-style: power that lowers the entropy of self-attention rows
     tau: float = 0.5  # (e) background threshold on [0, 1] class maps
 
@@ -42,6 +43,8 @@ class MethodConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise BadConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if self.propagation_layers is not None and self.propagation_layers < 0:
+            raise BadConfigError(f"propagation_layers must be >= 0 (0 = all), got {self.propagation_layers}")
         if self.refine_steps < 0:
             raise BadConfigError(f"refine_steps must be >= 0, got {self.refine_steps}")
         if not 0.0 <= self.tau <= 1.0:

@@ -36,7 +36,13 @@ def resize_self_attention(
         return attn_bqk
     b, p, _ = attn_bqk.shape
     (h, w), (ht, wt), (hq, wq) = grid, target, query_grid
-    keys = attn_bqk.reshape(b, p, h, w)
+    if (hq, wq) != (ht, wt) and ht * wt < hq * wq:
+        # Fewer target rows: pick them first (nearest is a row selection), so the key resize touches fewer rows.
+        ys = (torch.arange(ht, device=attn_bqk.device) * hq) // ht
+        xs = (torch.arange(wt, device=attn_bqk.device) * wq) // wt
+        attn_bqk = attn_bqk[:, (ys[:, None] * wq + xs[None, :]).flatten()]
+        hq, wq = ht, wt
+    keys = attn_bqk.reshape(b, hq * wq, h, w)
     if (h, w) != (ht, wt):
         keys = F.interpolate(keys, size=(ht, wt), mode="bilinear", align_corners=False)  # B×Pq×Ht×Wt
     keys = keys.reshape(b, hq, wq, ht * wt).permute(0, 3, 1, 2)  # B×Pt(keys)×Hq×Wq(queries)

@@ -1,0 +1,65 @@
+"""The `attnseg world ...` subcommands: render, train, export, scaling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_world_commands(subparsers) -> argparse.ArgumentParser:
+    """Register `world render|train|export|scaling` on an argparse subparsers object; return the world parser."""
+    from attnseg.world import export, render, train
+
+    world = subparsers.add_parser("world", help="the synthetic scene world and its embedded models")
+    sub = world.add_subparsers(dest="world_command", required=True)
+
+    p = sub.add_parser("render", help="render scenes with exact masks and captions")
+    render.add_render_arguments(p)
+    p.set_defaults(func=render.run_render)
+
+    p = sub.add_parser("train", help="train (or resume) one model size and export it")
+    train.add_train_arguments(p)
+    p.set_defaults(func=train.run_train)
+
+    p = sub.add_parser("export", help="export the last checkpoint of a size into the package's models")
+    p.add_argument("--size", default="s")
+    p.add_argument("--out", default="world-train")
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--default", action="store_true", help="also make it the default model")
+    p.set_defaults(func=lambda a: export.main(_export_argv(a)))
+
+    p = sub.add_parser("scaling", help="evaluate every shipped size with vanilla and goca on the val split")
+    from attnseg.world import scaling  # imports the Segmentor only when the study runs
+
+    scaling.add_scaling_arguments(p)
+    p.set_defaults(func=scaling.run_scaling)
+    return world
+
+
+def _export_argv(a: argparse.Namespace) -> list[str]:
+    """Rebuild the argv of export.main from parsed arguments."""
+    argv = ["--size", a.size, "--out", a.out]
+    if a.models_dir:
+        argv += ["--models-dir", a.models_dir]
+    if a.default:
+        argv.append("--default")
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry: `python -m attnseg.world.cli render ...` works before the main CLI wires it in."""
+    from attnseg.errors import AttnsegError
+
+    parser = argparse.ArgumentParser(prog="attnseg")
+    subs = parser.add_subparsers(dest="command", required=True)
+    add_world_commands(subs)
+    args = parser.parse_args(["world", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return int(args.func(args) or 0)
+    except AttnsegError as e:
+        print(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Export of a trained world model as a diffusers folder (safetensors) laid out like SD1.5's."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from attnseg.errors import BadCheckpointError
+from attnseg.world import model as wm
+
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "DDPMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def write_folder(folder: Path, unet, text_encoder, tokenizer, vae_dir: Path, info: dict) -> Path:
+    """Write unet/, text_encoder/, tokenizer/, vae/, scheduler/, model_index.json and world.json atomically."""
+    import diffusers
+
+    from attnseg.world.train import _atomic_dir, _commit_dir
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    from diffusers import AutoencoderKL
+
+    stage = _atomic_dir(folder)
+    # UNet and VAE weights are stored in float16 to keep all shipped sizes within 40 MB; diffusers loads them
+    # as float32 unless asked otherwise. The text encoder stays float32 (transformers would keep float16).
+    copy.deepcopy(unet).half().save_pretrained(stage / "unet", safe_serialization=True)
+    text_encoder.float().save_pretrained(stage / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(stage / "tokenizer")
+    AutoencoderKL.from_pretrained(vae_dir).half().save_pretrained(stage / "vae", safe_serialization=True)
+    wm.build_scheduler().save_pretrained(stage / "scheduler")
+    index = {"_diffusers_version": diffusers.__version__, **MODEL_INDEX}
+    (stage / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (stage / "world.json").write_text(json.dumps(info, indent=1) + "\n")
+    _commit_dir(stage, folder)
+    return folder
+
+
+def export_from_trainer(trainer, models_dir: str | Path | None = None, name: str | None = None) -> Path:
+    """Export a Trainer's EMA weights to <models_dir>/world-<size>."""
+    models_dir = Path(models_dir) if models_dir is not None else wm.models_dir()
+    name = name or f"world-{trainer.cfg.size}"
+    trainer.swap_ema()
+    try:
+        info = {
+            "name": name,
+            "size": wm.size_dict(wm.get_size(trainer.cfg.size)),
+            "steps": trainer.step,
+            "train_config": {k: v for k, v in trainer.cfg.__dict__.items()},
+            "history": trainer.history,
+            "heldout_loss": trainer.history[-1].get("heldout_loss") if trainer.history else None,
+            "image_size": 64,
+            "classes": "classes.json of `attnseg world render`",
+        }
+        info.update(_recommended(models_dir / name))
+        return write_folder(
+            models_dir / name, trainer.unet, trainer.text, trainer.tokenizer, trainer.vae_dir, info
+        )
+    finally:
+        trainer.swap_ema()
+
+
+def _recommended(folder: Path) -> dict:
+    """Keep measured settings (timestep, tau) an earlier study wrote into world.json."""
+    f = folder / "world.json"
+    if not f.is_file():
+        return {}
+    old = json.loads(f.read_text())
+    return {k: old[k] for k in ("recommended", "measured") if k in old}
+
+
+def export_checkpoint(
+    size: str, out: str | Path = "world-train", models_dir: str | Path | None = None
+) -> Path:
+    """Export the last checkpoint of a size from the training folder without the training data."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(out) / size / "ckpt"
+    vae_dir = Path(out) / "vae"
+    if not (ckpt / "ema.safetensors").is_file() or not (vae_dir / "config.json").is_file():
+        raise BadCheckpointError(f"no finished checkpoint in {ckpt} (or no VAE in {vae_dir}); train it first")
+    state = json.loads((ckpt / "state.json").read_text())
+    sz = wm.get_size(size)
+    tok = wm.build_tokenizer()
+    unet = wm.build_unet(sz)
+    text = wm.build_text_encoder(sz, len(tok))
+    ema = load_file(str(ckpt / "ema.safetensors"))
+    with torch.no_grad():
+        for k, v in unet.named_parameters():
+            v.copy_(ema[f"unet.{k}"])
+        for k, v in text.named_parameters():
+            v.copy_(ema[f"text.{k}"])
+    models_dir = Path(models_dir) if models_dir is not None else wm.models_dir()
+    name = f"world-{size}"
+    info = {
+        "name": name,
+        "size": wm.size_dict(sz),
+        "steps": state["step"],
+        "train_config": state["config"],
+        "history": state["history"],
+        "heldout_loss": state["history"][-1].get("heldout_loss") if state["history"] else None,
+        "image_size": 64,
+    }
+    info.update(_recommended(models_dir / name))
+    return write_folder(models_dir / name, unet, text, tok, vae_dir, info)
+
+
+def set_default(name: str, models_dir: str | Path | None = None) -> Path:
+    """Write the DEFAULT file naming the default embedded model."""
+    models_dir = Path(models_dir) if models_dir is not None else wm.models_dir()
+    if not (models_dir / name / "model_index.json").is_file():
+        raise BadCheckpointError(
+            f"{models_dir / name} is not an exported model; export it before making it the default"
+        )
+    f = models_dir / "DEFAULT"
+    tmp = f.with_name("DEFAULT.tmp")
+    tmp.write_text(name + "\n")
+    tmp.replace(f)
+    return f
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: export the last checkpoint of a size (and optionally make it the default)."""
+    p = argparse.ArgumentParser(prog="attnseg world export", description=__doc__)
+    p.add_argument("--size", default="s")
+    p.add_argument("--out", default="world-train")
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--default", action="store_true", help="also make it the default model")
+    a = p.parse_args(argv)
+    folder = export_checkpoint(a.size, a.out, a.models_dir)
+    if a.default:
+        set_default(folder.name, a.models_dir)
+    print(f"exported {folder}")
+    return 0

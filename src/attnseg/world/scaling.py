@@ -1,0 +1,290 @@
+"""The scaling study: every shipped world model, vanilla and goca, on the val split; plus a generation grid."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from attnseg.errors import BadDatasetError
+from attnseg.world import model as wm
+from attnseg.world.render import CLASSES, render_split
+
+N_IDS = len(CLASSES) + 1  # background 0 + classes
+
+
+def shipped_models(models_dir: Path | None = None) -> list[Path]:
+    """Exported world model folders, smallest first (by UNet weight bytes)."""
+    models_dir = models_dir or wm.models_dir()
+    found = [p for p in models_dir.glob("world-*") if (p / "model_index.json").is_file()]
+    return sorted(found, key=lambda p: (p / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size)
+
+
+def ensure_val(folder: Path, n: int, seed: int) -> Path:
+    """The val split folder, rendered if it is missing or differs in size or seed."""
+    meta = folder / "render.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        if m.get("split") == "val" and m.get("n", 0) >= n and m.get("seed") == seed:
+            return folder
+    return render_split(folder, "val", n=n, seed=seed)
+
+
+def read_rows(folder: Path, n: int) -> list[dict]:
+    """The first n lines of index.jsonl."""
+    index = folder / "index.jsonl"
+    if not index.is_file():
+        raise BadDatasetError(
+            f"{folder} has no index.jsonl; render it with `attnseg world render --split val`"
+        )
+    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    return rows[:n]
+
+
+def evaluate(
+    model: Path, method: str, val: Path, rows: list[dict], timestep: int | None = None, **overrides
+) -> dict:
+    """mIoU and per-class IoU of one model and method on the val rows (oracle prompt: the classes present)."""
+    from attnseg import Segmentor
+
+    seg = Segmentor.from_pretrained(str(model), method=method, device="cpu", dtype="float32", **overrides)
+    if timestep is not None:
+        seg.backbone.preset = dataclasses.replace(seg.backbone.preset, timestep=timestep)
+    names = {c.id: c.name for c in CLASSES}
+    conf = np.zeros((N_IDS, N_IDS), np.int64)
+    mass = []
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    for r in tqdm(rows, desc=f"{model.name} {method}", leave=False):
+        image = Image.open(val / r["image"]).convert("RGB")
+        gt = np.asarray(Image.open(val / r["mask"]))
+        ids = list(r["present"])
+        out = seg.segment(image, [names[i] for i in ids])
+        pred_local = out.labels.numpy()
+        lut = np.array([0] + ids, np.int64)
+        pred = lut[pred_local]
+        keep = gt != 255
+        conf += np.bincount(gt[keep].astype(np.int64) * N_IDS + pred[keep], minlength=N_IDS * N_IDS).reshape(
+            N_IDS, N_IDS
+        )
+        diag = out.meta.get("diagnostics") or []
+        if diag and "special_token_mass" in diag[0]:
+            mass.append(float(np.mean([d["special_token_mass"] for d in diag])))
+    seconds = (time.perf_counter() - t0) / max(1, len(rows))
+    per = {}
+    for c in CLASSES:
+        tp = conf[c.id, c.id]
+        den = conf[c.id, :].sum() + conf[:, c.id].sum() - tp
+        if conf[c.id, :].sum() > 0:
+            per[c.name] = float(tp / den) if den else 0.0
+    return {
+        "model": model.name,
+        "method": method,
+        "timestep": seg.backbone.preset.timestep,
+        "miou": 100 * float(np.mean(list(per.values()))),
+        "per_class_iou": {k: 100 * v for k, v in per.items()},
+        "special_token_mass": float(np.mean(mass)) if mass else None,
+        "seconds_per_image": seconds,
+        "n_scenes": len(rows),
+        "overrides": {k: str(v) for k, v in overrides.items()},
+    }
+
+
+def _mtime(model: Path) -> float:
+    """When the model's UNet weights were written, to tell a re-exported model from the one measured."""
+    return (model / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+
+
+def heldout_loss(model: Path) -> float | None:
+    """The held-out denoising loss recorded at export."""
+    f = model / "world.json"
+    return json.loads(f.read_text()).get("heldout_loss") if f.is_file() else None
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    """Write through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def table_markdown(results: list[dict]) -> str:
+    """The study's table: one row per model and method, then per-class IoU."""
+    lines = [
+        "| model | method | held-out loss | special-token mass | mIoU | s/image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        mass = f"{r['special_token_mass']:.3f}" if r["special_token_mass"] is not None else "–"
+        hl = f"{r['heldout_loss']:.4f}" if r.get("heldout_loss") is not None else "–"
+        lines.append(
+            f"| {r['model']} | {r['method']} | {hl} | {mass} | {r['miou']:.1f} | {r['seconds_per_image']:.2f} |"
+        )
+    names = [c.name for c in CLASSES]
+    lines += [
+        "",
+        "Per-class IoU:",
+        "",
+        "| model | method | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for r in results:
+        cells = [f"{r['per_class_iou'].get(n, float('nan')):.1f}" for n in names]
+        lines.append(f"| {r['model']} | {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """mIoU of each method against the models' held-out loss (PIL line chart, no plotting library)."""
+    w, h, m = 480, 320, 50
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    models = list(dict.fromkeys(r["model"] for r in results))
+    d.line([(m, h - m), (w - 20, h - m)], fill="black")
+    d.line([(m, 20), (m, h - m)], fill="black")
+    for v in range(0, 101, 20):
+        y = h - m - (h - m - 20) * v / 100
+        d.text((8, y - 5), f"{v}", fill="black", font=font)
+        d.line([(m - 3, y), (m, y)], fill="black")
+    xs = {name: m + 30 + i * (w - m - 80) / max(1, len(models) - 1) for i, name in enumerate(models)}
+    for name, x in xs.items():
+        hl = next((r.get("heldout_loss") for r in results if r["model"] == name), None)
+        d.text((x - 20, h - m + 6), name, fill="black", font=font)
+        if hl is not None:
+            d.text((x - 24, h - m + 18), f"loss {hl:.3f}", fill="gray", font=font)
+    colours = {"vanilla": (200, 60, 60), "goca": (40, 90, 200)}
+    for k, method in enumerate(dict.fromkeys(r["method"] for r in results)):
+        pts = [
+            (xs[r["model"]], h - m - (h - m - 20) * r["miou"] / 100) for r in results if r["method"] == method
+        ]
+        col = colours.get(method, (60, 160, 60))
+        if len(pts) > 1:
+            d.line(pts, fill=col, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
+        d.text((w - 110, 24 + 12 * k), f"- {method}", fill=col, font=font)
+    d.text((m, 4), "mIoU (val) per world model", fill="black", font=font)
+    tmp = path.with_name(path.name + ".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def generation_grid(
+    model: Path, captions: list[str], path: Path, steps: int = 30, guidance: float = 4.0, seed: int = 0
+) -> None:
+    """Images the model generates from captions (DDIM, classifier-free guidance), with the captions under them."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(model),
+        torch_dtype=torch.float32,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    images = pipe(
+        captions, num_inference_steps=steps, guidance_scale=guidance, generator=g, height=64, width=64
+    ).images
+    scale, cols = 3, 4
+    rows = -(-len(images) // cols)
+    cw, ch = 64 * scale, 64 * scale + 40
+    canvas = Image.new("RGB", (cols * cw, rows * ch), "white")
+    d = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for i, (im, cap) in enumerate(zip(images, captions)):
+        x, y = (i % cols) * cw, (i // cols) * ch
+        canvas.paste(im.resize((64 * scale, 64 * scale), Image.NEAREST), (x, y))
+        words, line, lines = cap.split(), "", []
+        for wd in words:
+            if len(line) + len(wd) > 30:
+                lines.append(line)
+                line = ""
+            line = (line + " " + wd).strip()
+        lines.append(line)
+        for j, ln in enumerate(lines[:3]):
+            d.text((x + 2, y + 64 * scale + 2 + 12 * j), ln, fill="black", font=font)
+    tmp = path.with_name(path.name + ".tmp.png")
+    canvas.save(tmp)
+    os.replace(tmp, path)
+
+
+def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of `world scaling` to a parser."""
+    p.add_argument("--val", default="world-data/val", help="val split folder (rendered if missing)")
+    p.add_argument("--n", type=int, default=500, help="number of val scenes")
+    p.add_argument("--seed", type=int, default=0, help="the val split's seed")
+    p.add_argument("--models", nargs="*", default=None, help="model folders (default: every shipped world-*)")
+    p.add_argument("--methods", nargs="*", default=["vanilla", "goca"])
+    p.add_argument("--timestep", type=int, default=None, help="override the backbone's timestep")
+    p.add_argument("--no-grid", action="store_true", help="skip the generation grid")
+    p.add_argument("--resume", action="store_true", help="keep results already in --out for unchanged models")
+    p.add_argument("--out", default="attnseg-out/world-scaling")
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    """Run `world scaling` from parsed arguments: table.md, results.json, scaling.png, generated.png."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    val = ensure_val(Path(args.val), args.n, args.seed)
+    rows = read_rows(val, args.n)
+    models = [Path(m) for m in args.models] if args.models else shipped_models()
+    old = (
+        json.loads((out / "results.json").read_text())
+        if args.resume and (out / "results.json").is_file()
+        else []
+    )
+    results = []
+    for model in models:
+        for method in args.methods:
+            done = [
+                r
+                for r in old
+                if (r["model"], r["method"], r["n_scenes"]) == (model.name, method, len(rows))
+                and (args.timestep is None or r["timestep"] == args.timestep)
+                and r.get("model_mtime") == _mtime(model)
+            ]
+            if done:
+                results.append(done[0])
+                continue
+            r = evaluate(model, method, val, rows, args.timestep)
+            r["model_mtime"] = _mtime(model)
+            r["heldout_loss"] = heldout_loss(model)
+            results.append(r)
+            print(
+                f"{model.name} {method}: mIoU {r['miou']:.1f} ({r['seconds_per_image']:.2f} s/image)",
+                flush=True,
+            )
+            _atomic_write(out / "results.json", json.dumps(results, indent=1))
+    _atomic_write(out / "table.md", table_markdown(results))
+    plot(results, out / "scaling.png")
+    if not args.no_grid and models:
+        default = (
+            (wm.models_dir() / "DEFAULT").read_text().strip()
+            if (wm.models_dir() / "DEFAULT").is_file()
+            else None
+        )
+        target = next((m for m in models if m.name == default), models[-1])
+        caps = [r["caption"] for r in rows[:12]]
+        generation_grid(target, caps, out / "generated.png")
+    print(f"wrote {out}/table.md, results.json, scaling.png" + ("" if args.no_grid else ", generated.png"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `attnseg world scaling`."""
+    p = argparse.ArgumentParser(prog="attnseg world scaling", description=__doc__)
+    add_scaling_arguments(p)
+    return run_scaling(p.parse_args(argv))

@@ -1,0 +1,152 @@
+"""Fast checks of the synthetic world, the world models' training loop and their export."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnseg.world import model as wm
+from attnseg.world import render
+from attnseg.world.train import TrainConfig, Trainer, render_in_memory
+
+
+def test_render_is_deterministic_for_a_seed():
+    a = [s for _, s in render.render_scenes("val", 4, seed=3)]
+    b = [s for _, s in render.render_scenes("val", 4, seed=3)]
+    c = [s for _, s in render.render_scenes("val", 4, seed=4)]
+    for x, y in zip(a, b):
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask) and x.caption == y.caption
+    assert any(not np.array_equal(x.image, z.image) for x, z in zip(a, c))
+    assert a[0].image.shape == (64, 64, 3) and a[0].mask.shape == (64, 64)
+
+
+def test_classes_things_stuff_and_two_word_names():
+    names = [c.name for c in render.CLASSES]
+    assert len(names) >= 12 and len(set(names)) == len(names)
+    assert sum(c.kind == "stuff" for c in render.CLASSES) >= 5
+    assert sum(c.kind == "thing" and " " in c.name for c in render.CLASSES) >= 2
+    assert [c.id for c in render.CLASSES] == list(range(1, len(names) + 1))
+
+
+def _mentions(caption: str) -> set[int]:
+    """Class ids whose full name occurs as words in a caption."""
+    return {c.id for c in render.CLASSES if re.search(rf"\b{c.name}\b", caption)}
+
+
+def test_captions_agree_with_masks():
+    omitted = 0
+    for _, s in render.render_scenes("train", 120, seed=0):
+        present = set(int(v) for v in np.unique(s.mask)) - {0}
+        assert set(s.present) == present
+        assert set(s.named) <= present
+        assert _mentions(s.caption) == set(s.named), s.caption
+        assert 1 <= sum(c > len(render.STUFF) for c in present) <= 4
+        omitted += set(s.named) != present
+        assert (
+            any(
+                w in s.caption.split()
+                for w in ("a", "an", "the", "one", "some", "of", "and", "on", "next", "with")
+            )
+            or len(s.named) == 1
+        )
+    assert 5 <= omitted <= 60  # some captions leave a present class out, most do not
+
+
+def test_render_split_layout(tmp_path):
+    out = render.render_split(tmp_path / "val", "val", n=3, seed=0, progress=False)
+    cj = json.loads((out / "classes.json").read_text())
+    assert cj["ignore_index"] == 255 and cj["background_id"] == 0
+    assert {"id", "name", "synonyms", "kind"} <= set(cj["classes"][0])
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["000000", "000001", "000002"]
+    m = Image.open(out / rows[0]["mask"])
+    assert m.mode == "P"
+    scene = next(render.render_scenes("val", 1, seed=0))[1]
+    assert np.array_equal(np.asarray(m), scene.mask)
+    assert np.array_equal(np.asarray(Image.open(out / rows[0]["image"])), scene.image)
+    assert sorted(rows[0]["present"]) == scene.present and rows[0]["caption"] == scene.caption
+    assert not (tmp_path / "val.partial").exists()
+
+
+def test_tokenizer_has_clip_like_special_tokens():
+    tok = wm.build_tokenizer()
+    enc = tok("A red star next to the bow tie", return_offsets_mapping=True)
+    assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids[-1] == tok.eos_token_id
+    assert tok.pad_token_id == tok.eos_token_id and tok.model_max_length <= 77
+    words = [tok.convert_ids_to_tokens(i) for i in enc.input_ids[1:-1]]
+    assert words == ["a", "red", "star", "next", "to", "the", "bow", "tie"]
+    assert enc.offset_mapping[3] == (6, 10)
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    return render_in_memory("train", 8, seed=0), render_in_memory("val", 4, seed=0)
+
+
+def _trainer(tmp, world, steps):
+    cfg = TrainConfig(
+        size="xs",
+        steps=steps,
+        batch=2,
+        out=str(tmp),
+        vae_steps=2,
+        vae_batch=2,
+        ckpt_every=2,
+        eval_every=2,
+        heldout_n=4,
+        progress=False,
+        threads=1,
+    )
+    return Trainer(cfg, data=world[0], val=world[1])
+
+
+def test_training_resumes_to_the_same_result(tmp_path, tiny_world):
+    straight = _trainer(tmp_path / "a", tiny_world, 4)
+    straight.run()
+    first = _trainer(tmp_path / "b", tiny_world, 4)
+    first.run(until=2)  # an interrupted run
+    resumed = _trainer(tmp_path / "b", tiny_world, 4)
+    assert resumed.step == 2
+    resumed.run()
+    for k, v in straight._named().items():
+        assert torch.equal(v, resumed._named()[k]), k
+        assert torch.equal(straight.ema[k], resumed.ema[k]), k
+    assert straight.history[-1]["heldout_loss"] == pytest.approx(resumed.history[-1]["heldout_loss"])
+
+
+def test_export_loads_as_a_diffusers_folder(tmp_path, tiny_world):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from attnseg.world.export import export_from_trainer, set_default
+
+    tr = _trainer(tmp_path / "t", tiny_world, 2)
+    tr.run()
+    folder = export_from_trainer(tr, tmp_path / "models", name="world-xs")
+    set_default("world-xs", tmp_path / "models")
+    assert (tmp_path / "models" / "DEFAULT").read_text().strip() == "world-xs"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["safety_checker"] == [None, None]
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    te = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    enc = tok(
+        ["a star on the grass"],
+        padding="max_length",
+        max_length=tok.model_max_length,
+        return_tensors="pt",
+        return_offsets_mapping=True,
+    )
+    with torch.no_grad():
+        cond = te(enc.input_ids).last_hidden_state
+        z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+        out = unet(z, torch.tensor([100]), cond).sample
+    assert out.shape == z.shape == (1, wm.LATENT_CHANNELS, 16, 16)
+    assert not any(p.name.endswith((".bin", ".pt", ".pth", ".ckpt")) for p in folder.rglob("*"))
