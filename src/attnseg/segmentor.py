@@ -47,6 +47,13 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def config_for(backbone: Backbone, method: str, **overrides: object) -> MethodConfig:
+    """The method's settings for this model: your overrides, then its attnseg.json, then its family preset."""
+    settings = {"refine_steps": backbone.preset.refine_steps} if method == "goca" else {}
+    settings |= {k: v for k, v in backbone.defaults["method"].items() if k != "refine_steps" or method == "goca"}
+    return method_config(method, **(settings | overrides))
+
+
 def _peak_rss_bytes() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
@@ -106,13 +113,10 @@ class Segmentor:
 
         Precedence: your overrides, then the model's own attnseg.json, then the family preset, then the method.
         """
-        config = method_config(method)  # fail on a bad method name before loading anything
-        config.with_overrides(**overrides)  # so do bad settings
+        method_config(method, **overrides)  # fail on a bad method or setting before loading anything
         device = parse_device(device)
         backbone = load_backbone(model, device, parse_dtype(dtype, device), allow_pickle, config_folder)
-        settings = {"refine_steps": backbone.preset.refine_steps} if method == "goca" else {}
-        settings |= {k: v for k, v in backbone.defaults["method"].items() if k != "refine_steps" or method == "goca"}
-        config = config.with_overrides(**(settings | overrides))
+        config = config_for(backbone, method, **overrides)
         template = template or backbone.defaults["template"] or DEFAULT_TEMPLATE
         return cls(backbone, config, method, template, background, batch_size, max_pixels)
 

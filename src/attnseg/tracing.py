@@ -12,6 +12,7 @@ from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
 from attnseg.prompts import parse_classes
 from attnseg.segmentation import Segmentation
+from attnseg.segmentor import config_for
 
 
 class _CurrentStore:
@@ -28,7 +29,7 @@ class Trace:
     """Captures every denoiser call of a pipeline run and averages the conditional rows over steps."""
 
     def __init__(self, pipe, method: str = "goca", keep_tokens: int = 77, **overrides: object) -> None:
-        self.config = method_config(method, **overrides)
+        method_config(method, **overrides)  # a bad method or setting fails before anything is touched
         self.method = method
         index = {"_class_name": type(pipe).__name__}
         family = next((cls for cls in FAMILIES if cls.detect(index)), None)
@@ -37,6 +38,7 @@ class Trace:
         components = {k: v for k, v in pipe.components.items() if v is not None}
         denoiser = components.get("unet", components.get("transformer"))
         self.backbone = family(components, type(pipe).__name__, denoiser.device, denoiser.dtype)
+        self.config = config_for(self.backbone, method, **overrides)
         self.keep_tokens = keep_tokens
         self.proxy = _CurrentStore()
         self.sum: CapturedAttention | None = None

@@ -108,6 +108,11 @@ class Backbone:
         """Conditioning for the denoiser, one row per prompt."""
         raise NotImplementedError
 
+    def tokenize(self, tokenizer, prompts: list[str], length: int):
+        """Token ids and attention mask, padded to `length` and truncated, on the model's device."""
+        enc = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        return enc.to(self.device)
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Latents (scaled as the denoiser expects) from B×3×S×S pixels in [-1, 1]."""
         vae = self.components["vae"]

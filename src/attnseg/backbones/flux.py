@@ -105,14 +105,9 @@ class FluxBackbone(Backbone):
 
     def encode_text(self, prompts: list[str]) -> dict:
         clip_tokenizer = self.components["tokenizer"]
-        clip_ids = clip_tokenizer(
-            prompts, padding="max_length", max_length=min(clip_tokenizer.model_max_length, 77), truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)  # fmt: skip
+        clip_ids = self.tokenize(clip_tokenizer, prompts, min(clip_tokenizer.model_max_length, 77)).input_ids
         pooled = self.components["text_encoder"](clip_ids, output_hidden_states=False).pooler_output
-        t5_ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
+        t5_ids = self.tokenize(self.tokenizer, prompts, self.max_tokens).input_ids
         hidden = self.components["text_encoder_2"](t5_ids, output_hidden_states=False)[0]
         txt_ids = torch.zeros((hidden.shape[1], 3), device=self.device, dtype=self.dtype)
         return {

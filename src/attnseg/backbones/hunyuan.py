@@ -62,11 +62,9 @@ class HunyuanDiTBackbone(Backbone):
                 "text_embedding_mask_t5",
             ),
         ):
-            enc = self.components[tok_key](
-                prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-            )
-            mask = enc.attention_mask.to(self.device)
-            states = self.components[enc_key](enc.input_ids.to(self.device), attention_mask=mask)[0]
+            enc = self.tokenize(self.components[tok_key], prompts, length)
+            mask = enc.attention_mask
+            states = self.components[enc_key](enc.input_ids, attention_mask=mask)[0]
             out[state_key], out[mask_key] = states.to(self.dtype), mask
         size = float(self.preset.native_size)
         # original size, target size, crop top-left; style 0: what the pipeline passes for a square image.

@@ -50,11 +50,9 @@ class PixArtAlphaBackbone(Backbone):
         return int(min(self.tokenizer.model_max_length, self.text_tokens))
 
     def encode_text(self, prompts: list[str]) -> dict:
-        enc = self.tokenizer(
-            prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
-        )
-        mask = enc.attention_mask.to(self.device)
-        hidden = self.components["text_encoder"](enc.input_ids.to(self.device), attention_mask=mask)[0]
+        enc = self.tokenize(self.tokenizer, prompts, self.max_tokens)
+        mask = enc.attention_mask
+        hidden = self.components["text_encoder"](enc.input_ids, attention_mask=mask)[0]
         added = {"resolution": None, "aspect_ratio": None}
         if self.denoiser.use_additional_conditions:
             size = float(self.preset.native_size)

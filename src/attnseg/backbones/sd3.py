@@ -122,25 +122,13 @@ class SD3Backbone(Backbone):
     def encode_text(self, prompts: list[str]) -> dict:
         states, pooled = [], []
         for tok_key, enc_key in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
-            ids = self.components[tok_key](
-                prompts,
-                padding="max_length",
-                max_length=self.clip_tokens,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
+            ids = self.tokenize(self.components[tok_key], prompts, self.clip_tokens).input_ids
             out = self.components[enc_key](ids, output_hidden_states=True)
             states.append(out.hidden_states[-2])
             pooled.append(out[0])
         width = int(self.denoiser.config.joint_attention_dim)
         if self.has_t5:
-            ids = self.components["tokenizer_3"](
-                prompts,
-                padding="max_length",
-                max_length=self.max_tokens,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
+            ids = self.tokenize(self.components["tokenizer_3"], prompts, self.max_tokens).input_ids
             t5 = self.components["text_encoder_3"](ids)[0]
         else:
             t5 = torch.zeros((len(prompts), self.t5_tokens, width), device=self.device)

@@ -33,9 +33,7 @@ class UNetBackbone(Backbone):
         return self.components["unet"]
 
     def encode_text(self, prompts: list[str]) -> dict:
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
+        ids = self.tokenize(self.tokenizer, prompts, self.max_tokens).input_ids
         hidden = self.components["text_encoder"](ids)[0]
         return {"encoder_hidden_states": hidden.to(self.dtype)}
 
@@ -100,10 +98,7 @@ class SDXLBackbone(UNetBackbone):
         for tok_key, enc_key in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
             if enc_key not in self.components:
                 continue
-            tokenizer = self.components[tok_key]
-            ids = tokenizer(
-                prompts, padding="max_length", max_length=self.max_tokens, truncation=True, return_tensors="pt"
-            ).input_ids.to(self.device)
+            ids = self.tokenize(self.components[tok_key], prompts, self.max_tokens).input_ids
             out = self.components[enc_key](ids, output_hidden_states=True)
             states.append(out.hidden_states[-2])
             if enc_key == "text_encoder_2":

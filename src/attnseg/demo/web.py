@@ -16,7 +16,7 @@ from PIL import Image
 
 from attnseg.errors import AttnsegError
 from attnseg.io import prepare_image
-from attnseg.method.config import METHOD_PRESETS, method_config
+from attnseg.method.config import METHOD_PRESETS
 from attnseg.segmentation import palette
 
 MAX_BODY = 25 * 1024 * 1024
@@ -45,7 +45,7 @@ class DemoApp:
         self.lock = threading.Lock()
 
     def segment(self, request: dict) -> dict:
-        from attnseg.segmentor import Segmentor
+        from attnseg.segmentor import Segmentor, config_for
 
         data_url = request.get("image", "")
         if "," not in data_url:
@@ -57,10 +57,8 @@ class DemoApp:
             raise AttnsegError(f"the file could not be read as an image ({exc})") from exc
         image = prepare_image(image, "the uploaded image", self.base.max_pixels)
         method = request.get("method", "goca")
-        overrides = dict(self.base.backbone.defaults["method"])
-        if request.get("tau") not in (None, ""):
-            overrides["tau"] = float(request["tau"])
-        config = method_config(method, **overrides)
+        tau = {} if request.get("tau") in (None, "") else {"tau": float(request["tau"])}
+        config = config_for(self.base.backbone, method, **tau)
         seg = Segmentor(self.base.backbone, config, method, self.base.template, None)
         with self.lock, torch.no_grad():
             result = seg.segment(image, request.get("classes", ""), seed=int(request.get("seed", 0)))
