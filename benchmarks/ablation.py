@@ -22,6 +22,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "− layer aggregation (mean layers)": ("goca", ["layer_aggregation=mean"]),
     "− per-pixel rescaling (min-max only)": ("goca", ["rescale=minmax"]),
     "− propagation": ("goca", ["refine=none"]),
+    "propagation with 2 steps (SD's k)": ("goca", ["refine=propagate", "refine_steps=2"]),
     "layer scores without row renormalisation": ("goca", ["renormalize_resized_rows=false"]),
     "reference channel 0 (reference code path)": ("goca", ["reference_channel0=true"]),
     "vanilla": ("vanilla", []),

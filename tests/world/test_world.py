@@ -88,7 +88,7 @@ def tiny_world():
     return render_in_memory("train", 8, seed=0), render_in_memory("val", 4, seed=0)
 
 
-def _trainer(tmp, world, steps):
+def _trainer(tmp, world, steps, **settings):
     cfg = TrainConfig(
         size="xs",
         steps=steps,
@@ -101,6 +101,7 @@ def _trainer(tmp, world, steps):
         heldout_n=4,
         progress=False,
         threads=1,
+        **settings,
     )
     return Trainer(cfg, data=world[0], val=world[1])
 
@@ -150,3 +151,52 @@ def test_export_loads_as_a_diffusers_folder(tmp_path, tiny_world):
         out = unet(z, torch.tensor([100]), cond).sample
     assert out.shape == z.shape == (1, wm.LATENT_CHANNELS, 16, 16)
     assert not any(p.name.endswith((".bin", ".pt", ".pth", ".ckpt")) for p in folder.rglob("*"))
+
+
+def test_local_token_encoder_trains_and_exports_from_its_checkpoint(tmp_path, tiny_world):
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from attnseg.world.export import export_checkpoint
+
+    tr = _trainer(tmp_path / "t", tiny_world, 2, text_layers=0, max_length=40, cross_attention_gain=3.0)
+    tr.run()
+    assert tr.text.config.num_hidden_layers == 0 and tr.tokenizer.model_max_length == 40
+    # 0 layers: a token's output depends on its word and position only, not on the words before it
+    ids = torch.tensor([[1, 5, 7, 2], [1, 6, 7, 2]])
+    with torch.no_grad():
+        out = tr.text(ids).last_hidden_state
+    assert torch.allclose(out[0, 2], out[1, 2]) and not torch.allclose(out[0, 1], out[1, 1])
+    folder = export_checkpoint("xs", tmp_path / "t", tmp_path / "models")
+    te = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    assert te.config.num_hidden_layers == 0 and te.config.max_position_embeddings == 40
+    assert tok.model_max_length == 40
+    info = json.loads((folder / "world.json").read_text())
+    assert info["size"]["text_layers"] == 0 and info["train_config"]["cross_attention_gain"] == 3.0
+    key = "embeddings.token_embedding.weight"
+    assert torch.equal(te.state_dict()[key], tr.ema[f"text.{key}"])  # the checkpoint's EMA weights
+
+
+def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(tmp_path, tiny_world):
+    from attnseg import Segmentor
+    from attnseg.errors import BadConfigError
+    from attnseg.world.export import export_from_trainer
+    from attnseg.world.tune import tune, write_defaults
+
+    tr = _trainer(tmp_path / "t", tiny_world, 2)
+    tr.run()
+    model = export_from_trainer(tr, tmp_path / "models", name="world-xs")
+    held_out = render.render_split(tmp_path / "tune", "test", n=2, seed=0, progress=False)
+    chosen = tune(model, held_out, n=2, timesteps=(100, 300), refine_steps=(0, 2))
+    grid = chosen["tuned"]["grid"]
+    assert {(g["timestep"], g["refine_steps"]) for g in grid} == {(100, 0), (100, 2), (300, 0), (300, 2)}
+    best = max(grid, key=lambda g: g["miou"])
+    assert chosen["preset"] == {"timestep": best["timestep"], "refine_steps": best["refine_steps"]}
+    assert chosen["tuned"]["split"]["split"] == "test"
+    write_defaults(model, {"preset": {"timestep": 300, "refine_steps": 0}, "tuned": chosen["tuned"]})
+    seg = Segmentor.from_pretrained(str(model), method="goca", device="cpu", dtype="float32")
+    assert seg.backbone.preset.timestep == 300 and seg.config.refine_steps == 0
+    assert Segmentor.from_pretrained(str(model), method="goca", refine_steps=1).config.refine_steps == 1
+    val = render.render_split(tmp_path / "val", "val", n=1, seed=0, progress=False)
+    with pytest.raises(BadConfigError, match="val split"):
+        tune(model, val, n=1)

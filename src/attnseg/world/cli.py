@@ -1,4 +1,4 @@
-"""The `attnseg world ...` subcommands: render, train, export, scaling."""
+"""The `attnseg world ...` subcommands: render, train, export, scaling, tune."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def add_world_commands(subparsers) -> argparse.ArgumentParser:
-    """Register `world render|train|export|scaling` on an argparse subparsers object; return the world parser."""
+    """Register `world render|train|export|scaling|tune` on an argparse subparsers object; return the world parser."""
     from attnseg.world import export, render, train
 
     world = subparsers.add_parser("world", help="the synthetic scene world and its embedded models")
@@ -33,6 +33,12 @@ def add_world_commands(subparsers) -> argparse.ArgumentParser:
 
     scaling.add_scaling_arguments(p)
     p.set_defaults(func=scaling.run_scaling)
+
+    p = sub.add_parser("tune", help="choose a model's timestep and propagation steps on a held-out split")
+    from attnseg.world import tune
+
+    tune.add_tune_arguments(p)
+    p.set_defaults(func=tune.run_tune)
     return world
 
 

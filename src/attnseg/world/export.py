@@ -12,6 +12,7 @@ import torch
 
 from attnseg.errors import BadCheckpointError
 from attnseg.world import model as wm
+from attnseg.world.train import TrainConfig, model_shape
 
 MODEL_INDEX = {
     "_class_name": "StableDiffusionPipeline",
@@ -60,7 +61,7 @@ def export_from_trainer(trainer, models_dir: str | Path | None = None, name: str
     try:
         info = {
             "name": name,
-            "size": wm.size_dict(wm.get_size(trainer.cfg.size)),
+            "size": wm.size_dict(model_shape(trainer.cfg)),
             "steps": trainer.step,
             "train_config": {k: v for k, v in trainer.cfg.__dict__.items()},
             "history": trainer.history,
@@ -96,10 +97,11 @@ def export_checkpoint(
     if not (ckpt / "ema.safetensors").is_file() or not (vae_dir / "config.json").is_file():
         raise BadCheckpointError(f"no finished checkpoint in {ckpt} (or no VAE in {vae_dir}); train it first")
     state = json.loads((ckpt / "state.json").read_text())
-    sz = wm.get_size(size)
-    tok = wm.build_tokenizer()
+    cfg = TrainConfig(**state["config"])
+    sz = model_shape(cfg)
+    tok = wm.build_tokenizer(cfg.max_length)
     unet = wm.build_unet(sz)
-    text = wm.build_text_encoder(sz, len(tok))
+    text = wm.build_text_encoder(sz, len(tok), max_length=cfg.max_length)
     ema = load_file(str(ckpt / "ema.safetensors"))
     with torch.no_grad():
         for k, v in unet.named_parameters():

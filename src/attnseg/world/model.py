@@ -77,8 +77,8 @@ def build_tokenizer(max_length: int = MAX_LENGTH):
     )
 
 
-def build_text_encoder(size: WorldSize, vocab_size: int, seed: int = 0):
-    """A small CLIPTextModel (causal self-attention) for a size."""
+def build_text_encoder(size: WorldSize, vocab_size: int, seed: int = 0, max_length: int = MAX_LENGTH):
+    """A small CLIPTextModel (causal self-attention) for a size; 0 layers: embeddings and a layer norm."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -89,7 +89,7 @@ def build_text_encoder(size: WorldSize, vocab_size: int, seed: int = 0):
         projection_dim=size.text_width,
         num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads,
-        max_position_embeddings=MAX_LENGTH,
+        max_position_embeddings=max_length,
         hidden_act="quick_gelu",
         bos_token_id=1,
         eos_token_id=2,

@@ -58,6 +58,21 @@ class TrainConfig:
         0.3  # share of steps whose caption is a plain class list: "a photo of star, sky and grass."
     )
     progress: bool = True
+    # Shape of the text side (None / defaults: the size's). A text encoder with 0 layers gives every token its
+    # own word and position only: no token summarises the caption, so a pixel that needs a word must attend to
+    # that word (see docs/WORLD.md, "Local tokens").
+    # Share of steps whose caption loses its colour words ("a red star" → "a star"). With the colour named, a
+    # thing's pixels can find their word by colour alone; without it only the shape tells the word.
+    colourless: float = 0.0
+    text_layers: int | None = None
+    max_length: int = wm.MAX_LENGTH
+    cross_attention_gain: float = 1.0
+
+
+def model_shape(cfg: TrainConfig) -> wm.WorldSize:
+    """The WorldSize a run trains: the size's, with the run's text-encoder depth if it sets one."""
+    size = wm.get_size(cfg.size)
+    return size if cfg.text_layers is None else replace(size, text_layers=cfg.text_layers)
 
 
 # --------------------------------------------------------------------------- data
@@ -266,6 +281,13 @@ def list_caption(caption: str, rng: np.random.Generator) -> str:
     return f"a photo of {body}." if body else ""
 
 
+def strip_colours(caption: str) -> str:
+    """A caption without its colour words."""
+    from attnseg.world.render import COLOURS
+
+    return " ".join(w for w in caption.split(" ") if w not in COLOURS)
+
+
 def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
     """Token ids padded to the tokenizer's max length with the end token, as SD1.5 does (N×L)."""
     enc = tokenizer(
@@ -283,7 +305,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: WorldData | None = None, val: WorldData | None = None):
         """Build models, load data, encode latents, and resume from the last checkpoint if there is one."""
-        size = wm.get_size(cfg.size)
+        size = model_shape(cfg)
         cfg = replace(
             cfg,
             steps=cfg.steps if cfg.steps is not None else size.steps,
@@ -303,19 +325,24 @@ class Trainer:
 
         vae = AutoencoderKL.from_pretrained(vae_dir).to(cfg.device).eval()
         self.vae_dir = vae_dir
-        self.tokenizer = wm.build_tokenizer()
+        self.tokenizer = wm.build_tokenizer(cfg.max_length)
         self.ids = tokenize(self.tokenizer, data.captions)
         self.empty_ids = tokenize(self.tokenizer, [""])[0]
         rng = np.random.default_rng(cfg.seed)
         self.list_ids = tokenize(self.tokenizer, [list_caption(c, rng) for c in data.captions])
+        self.plain_ids = (
+            tokenize(self.tokenizer, [strip_colours(c) for c in data.captions]) if cfg.colourless else None
+        )
         self.lat_mean, self.lat_std = encode_latents(vae, data.images, cfg.device)
         hw = self.lat_mean.shape[-1]
         self.weights = thing_weights(data.masks, hw)
         self.val_mean, _ = encode_latents(vae, val.images, cfg.device)
         self.val_ids = tokenize(self.tokenizer, val.captions)
         del vae
-        self.unet = wm.build_unet(size, cfg.seed).to(cfg.device)
-        self.text = wm.build_text_encoder(size, len(self.tokenizer), cfg.seed + 1).to(cfg.device)
+        self.unet = wm.build_unet(size, cfg.seed, cfg.cross_attention_gain).to(cfg.device)
+        self.text = wm.build_text_encoder(size, len(self.tokenizer), cfg.seed + 1, cfg.max_length).to(
+            cfg.device
+        )
         self.sched = wm.build_scheduler()
         self.alphas = self.sched.alphas_cumprod.float()
         self.params = list(self.unet.parameters()) + list(self.text.parameters())
@@ -395,6 +422,9 @@ class Trainer:
         idx = torch.randint(0, n, (cfg.batch,), generator=g)
         x0 = self.lat_mean[idx] + self.lat_std[idx] * torch.randn(self.lat_mean[idx].shape, generator=g)
         ids = self.ids[idx].clone()
+        if self.plain_ids is not None:  # drawn only when used, so runs without it keep their random streams
+            plain = torch.rand(cfg.batch, generator=g) < cfg.colourless
+            ids[plain] = self.plain_ids[idx][plain]
         as_list = torch.rand(cfg.batch, generator=g) < cfg.list_captions
         ids[as_list] = self.list_ids[idx][as_list]
         drop = torch.rand(cfg.batch, generator=g) < cfg.cfg_drop
@@ -517,6 +547,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default=d.val, help="a val split for the held-out loss")
     p.add_argument("--out", default=d.out, help="checkpoint folder (git-ignored)")
     p.add_argument("--vae-steps", type=int, default=d.vae_steps)
+    p.add_argument("--list-captions", type=float, default=d.list_captions,
+                   help="share of steps captioned as a plain class list")  # fmt: skip
+    p.add_argument("--colourless", type=float, default=d.colourless,
+                   help="share of steps whose caption loses its colour words")  # fmt: skip
+    p.add_argument("--text-layers", type=int, default=None, help="text encoder depth (default: the size's)")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per caption, pads included")
+    p.add_argument("--cross-attention-gain", type=float, default=d.cross_attention_gain,
+                   help="scale of the cross-attention query/key weights at initialisation")  # fmt: skip
     p.add_argument("--vae-only", action="store_true", help="train the shared VAE only (the first stage)")
     p.add_argument("--no-export", action="store_true", help="do not write the model into the package assets")
     p.add_argument("--export-to", default=None, help="models folder to export into (default: the package's)")
@@ -536,6 +574,11 @@ def run_train(args: argparse.Namespace) -> int:
         val=args.val,
         out=args.out,
         vae_steps=args.vae_steps,
+        list_captions=args.list_captions,
+        colourless=args.colourless,
+        text_layers=args.text_layers,
+        max_length=args.max_length,
+        cross_attention_gain=args.cross_attention_gain,
     )
     if args.vae_only:
         print(f"VAE in {train_vae(cfg)}")

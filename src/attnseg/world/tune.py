@@ -1,0 +1,96 @@
+"""Choose a world model's per-model settings (timestep, propagation steps) on a held-out split.
+
+The choice is made on a split that no reported number uses (`--split test`, not val), by goca's mIoU over a
+small grid, and shipped as data in the model's `attnseg.json`, which the loader reads
+(`backbones.apply_model_defaults`): a per-model timestep and number of propagation steps, as SD's and
+PixArt's presets carry their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnseg.errors import BadConfigError
+from attnseg.io import atomic_path
+from attnseg.world import model as wm
+from attnseg.world.scaling import evaluate, read_rows
+
+TIMESTEPS = (100, 300, 500, 700)
+REFINE_STEPS = (0, 2)
+
+
+def resolve_model(name: str) -> Path:
+    """A model folder, or the name of a shipped world model."""
+    path = Path(name)
+    if (path / "model_index.json").is_file():
+        return path
+    if (wm.models_dir() / name / "model_index.json").is_file():
+        return wm.models_dir() / name
+    raise BadConfigError(
+        f"{name} is neither a diffusers folder nor a shipped world model (see `attnseg models`)"
+    )
+
+
+def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFINE_STEPS) -> dict:
+    """goca's mIoU on the first n scenes of root for every (timestep, refine steps); the best and the grid."""
+    meta = root / "render.json"
+    split = json.loads(meta.read_text()) if meta.is_file() else {}
+    if split.get("split") == "val":
+        raise BadConfigError(f"{root} is a val split; tune on a split no reported number uses (--split test)")
+    rows = read_rows(root, n)
+    grid = []
+    for t, k in itertools.product(timesteps, refine_steps):
+        r = evaluate(model, "goca", root, rows, timestep=t, refine_steps=k)
+        grid.append({"timestep": t, "refine_steps": k, "miou": round(r["miou"], 2)})
+        print(f"t={t} refine_steps={k}: mIoU {r['miou']:.1f}", flush=True)
+    best = max(grid, key=lambda g: g["miou"])
+    return {
+        "preset": {"timestep": best["timestep"], "refine_steps": best["refine_steps"]},
+        "tuned": {
+            "by": "goca mIoU, oracle class prompts",
+            "split": split,
+            "n_scenes": len(rows),
+            "grid": grid,
+        },
+    }
+
+
+def write_defaults(model: Path, chosen: dict) -> Path:
+    """Merge the chosen preset fields into the model's attnseg.json (written atomically)."""
+    path = model / "attnseg.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["preset"] = {**data.get("preset", {}), **chosen["preset"]}
+    data["tuned"] = chosen["tuned"]
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of `world tune` to a parser."""
+    p.add_argument("--model", default="world-m", help="a shipped world model's name or a model folder")
+    p.add_argument("--root", default="world-data/tune",
+                   help="a held-out split: attnseg world render --split test --n 200 --out world-data/tune")  # fmt: skip
+    p.add_argument("--n", type=int, default=200, help="scenes to tune on")
+    p.add_argument("--dry-run", action="store_true", help="print the choice, do not write attnseg.json")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    """Run `world tune` from parsed arguments."""
+    model = resolve_model(args.model)
+    chosen = tune(model, Path(args.root), args.n)
+    print(json.dumps(chosen["preset"]))
+    if not args.dry_run:
+        print(f"wrote {write_defaults(model, chosen)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `attnseg world tune`."""
+    p = argparse.ArgumentParser(prog="attnseg world tune", description=__doc__.splitlines()[0])
+    add_tune_arguments(p)
+    return run_tune(p.parse_args(argv))
