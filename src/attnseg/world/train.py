@@ -58,12 +58,12 @@ class TrainConfig:
         0.3  # share of steps whose caption is a plain class list: "a photo of star, sky and grass."
     )
     progress: bool = True
-    # Shape of the text side (None / defaults: the size's). A text encoder with 0 layers gives every token its
-    # own word and position only: no token summarises the caption, so a pixel that needs a word must attend to
-    # that word (see docs/WORLD.md, "Local tokens").
     # Share of steps whose caption loses its colour words ("a red star" → "a star"). With the colour named, a
     # thing's pixels can find their word by colour alone; without it only the shape tells the word.
     colourless: float = 0.0
+    # Shape of the text side (None / defaults: the size's). A text encoder with 0 layers gives every token its
+    # own word and position only: no token summarises the caption, so a pixel that needs a word must attend to
+    # that word (see docs/WORLD.md, "Local tokens").
     text_layers: int | None = None
     max_length: int = wm.MAX_LENGTH
     cross_attention_gain: float = 1.0
