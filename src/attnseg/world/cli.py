@@ -22,11 +22,8 @@ def add_world_commands(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=train.run_train)
 
     p = sub.add_parser("export", help="export the last checkpoint of a size into the package's models")
-    p.add_argument("--size", default="s")
-    p.add_argument("--out", default="world-train")
-    p.add_argument("--models-dir", default=None)
-    p.add_argument("--default", action="store_true", help="also make it the default model")
-    p.set_defaults(func=lambda a: export.main(_export_argv(a)))
+    export.add_export_arguments(p)
+    p.set_defaults(func=export.run_export)
 
     p = sub.add_parser("scaling", help="evaluate every shipped size with vanilla and goca on the val split")
     from attnseg.world import scaling  # imports the Segmentor only when the study runs
@@ -40,16 +37,6 @@ def add_world_commands(subparsers) -> argparse.ArgumentParser:
     tune.add_tune_arguments(p)
     p.set_defaults(func=tune.run_tune)
     return world
-
-
-def _export_argv(a: argparse.Namespace) -> list[str]:
-    """Rebuild the argv of export.main from parsed arguments."""
-    argv = ["--size", a.size, "--out", a.out]
-    if a.models_dir:
-        argv += ["--models-dir", a.models_dir]
-    if a.default:
-        argv.append("--default")
-    return argv
 
 
 def main(argv: list[str] | None = None) -> int:

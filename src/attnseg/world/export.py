@@ -137,16 +137,25 @@ def set_default(name: str, models_dir: str | Path | None = None) -> Path:
     return f
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: export the last checkpoint of a size (and optionally make it the default)."""
-    p = argparse.ArgumentParser(prog="attnseg world export", description=__doc__)
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the options of `world export` to a parser."""
     p.add_argument("--size", default="s")
     p.add_argument("--out", default="world-train")
     p.add_argument("--models-dir", default=None)
     p.add_argument("--default", action="store_true", help="also make it the default model")
-    a = p.parse_args(argv)
-    folder = export_checkpoint(a.size, a.out, a.models_dir)
-    if a.default:
-        set_default(folder.name, a.models_dir)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export the last checkpoint of a size (and optionally make it the default) from parsed arguments."""
+    folder = export_checkpoint(args.size, args.out, args.models_dir)
+    if args.default:
+        set_default(folder.name, args.models_dir)
     print(f"exported {folder}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: export the last checkpoint of a size (and optionally make it the default)."""
+    p = argparse.ArgumentParser(prog="attnseg world export", description=__doc__)
+    add_export_arguments(p)
+    return run_export(p.parse_args(argv))

@@ -271,12 +271,9 @@ def run_scaling(args: argparse.Namespace) -> int:
     _atomic_write(out / "table.md", table_markdown(results))
     plot(results, out / "scaling.png")
     if not args.no_grid and models:
-        default = (
-            (wm.models_dir() / "DEFAULT").read_text().strip()
-            if (wm.models_dir() / "DEFAULT").is_file()
-            else None
-        )
-        target = next((m for m in models if m.name == default), models[-1])
+        from attnseg.backbones.loading import default_model_name
+
+        target = next((m for m in models if m.name == default_model_name()), models[-1])
         caps = [r["caption"] for r in rows[:12]]
         generation_grid(target, caps, out / "generated.png")
     print(f"wrote {out}/table.md, results.json, scaling.png" + ("" if args.no_grid else ", generated.png"))

@@ -14,25 +14,23 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from attnseg.backbones.loading import resolve_model
 from attnseg.errors import BadConfigError
 from attnseg.io import atomic_path
-from attnseg.world import model as wm
 from attnseg.world.scaling import evaluate, read_rows
 
 TIMESTEPS = (100, 300, 500, 700)
 REFINE_STEPS = (0, 2)
 
 
-def resolve_model(name: str) -> Path:
-    """A model folder, or the name of a shipped world model."""
-    path = Path(name)
-    if (path / "model_index.json").is_file():
-        return path
-    if (wm.models_dir() / name / "model_index.json").is_file():
-        return wm.models_dir() / name
-    raise BadConfigError(
-        f"{name} is neither a diffusers folder nor a shipped world model (see `attnseg models`)"
-    )
+def model_folder(name: str) -> Path:
+    """The diffusers folder of a shipped model's name or a path: where attnseg.json is written."""
+    folder, _ = resolve_model(name)
+    if not (folder / "model_index.json").is_file():
+        raise BadConfigError(
+            f"{folder} is not a diffusers folder (no model_index.json); tune writes attnseg.json into one"
+        )
+    return folder
 
 
 def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFINE_STEPS) -> dict:
@@ -81,7 +79,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_tune(args: argparse.Namespace) -> int:
     """Run `world tune` from parsed arguments."""
-    model = resolve_model(args.model)
+    model = model_folder(args.model)
     chosen = tune(model, Path(args.root), args.n)
     print(json.dumps(chosen["preset"]))
     if not args.dry_run:
