@@ -25,6 +25,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "propagation with 2 steps (SD's k)": ("goca", ["refine=propagate", "refine_steps=2"]),
     "layer scores without row renormalisation": ("goca", ["renormalize_resized_rows=false"]),
     "reference channel 0 (reference code path)": ("goca", ["reference_channel0=true"]),
+    "blur on (the paper's σ 1.1 map cells)": ("goca", ["blur=true"]),
     "vanilla": ("vanilla", []),
 }
 

@@ -19,7 +19,8 @@ def _parse_value(text: str) -> object:
         return text
 
 
-def _overrides(pairs: list[str], tau: float | None) -> dict:
+def parse_settings(pairs: list[str], tau: float | None = None) -> dict:
+    """Method settings from `--set KEY=VALUE` pairs (values read as JSON where they parse), and --tau."""
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -56,7 +57,7 @@ def segmentor_from_args(args: argparse.Namespace):
     return Segmentor.from_pretrained(
         args.model, args.method, args.device, args.dtype, template=args.template, background=background,
         batch_size=args.batch_size, allow_pickle=args.allow_pickle, config_folder=args.config_folder,
-        max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096, **_overrides(args.set, args.tau),
+        max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096, **parse_settings(args.set, args.tau),
     )  # fmt: skip
 
 

@@ -187,16 +187,36 @@ def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(
     tr.run()
     model = export_from_trainer(tr, tmp_path / "models", name="world-xs")
     held_out = render.render_split(tmp_path / "tune", "test", n=2, seed=0, progress=False)
-    chosen = tune(model, held_out, n=2, timesteps=(100, 300), refine_steps=(0, 2))
+    chosen = tune(model, held_out, n=2, timesteps=(100, 300), refine_steps=(0, 2), blur=(True, False))
     grid = chosen["tuned"]["grid"]
-    assert {(g["timestep"], g["refine_steps"]) for g in grid} == {(100, 0), (100, 2), (300, 0), (300, 2)}
+    assert {(g["timestep"], g["refine_steps"], g["blur"]) for g in grid} == {
+        (t, k, b) for t in (100, 300) for k in (0, 2) for b in (True, False)
+    }
     best = max(grid, key=lambda g: g["miou"])
     assert chosen["preset"] == {"timestep": best["timestep"], "refine_steps": best["refine_steps"]}
+    assert chosen["method"] == {"blur": best["blur"]}
     assert chosen["tuned"]["split"]["split"] == "test"
-    write_defaults(model, {"preset": {"timestep": 300, "refine_steps": 0}, "tuned": chosen["tuned"]})
+    path = write_defaults(model, {"preset": {"timestep": 300, "refine_steps": 0}, "method": {"blur": False},
+                                  "tuned": chosen["tuned"]})  # fmt: skip
+    assert json.loads(path.read_text())["tuned"] == chosen["tuned"]
     seg = Segmentor.from_pretrained(str(model), method="goca", device="cpu", dtype="float32")
-    assert seg.backbone.preset.timestep == 300 and seg.config.refine_steps == 0
+    assert seg.backbone.preset.timestep == 300 and seg.config.refine_steps == 0 and seg.config.blur is False
+    assert Segmentor.from_pretrained(str(model), method="vanilla").config.blur is False
     assert Segmentor.from_pretrained(str(model), method="goca", refine_steps=1).config.refine_steps == 1
     val = render.render_split(tmp_path / "val", "val", n=1, seed=0, progress=False)
     with pytest.raises(BadConfigError, match="val split"):
         tune(model, val, n=1)
+
+
+def test_thing_pixels_splits_thing_pixels_by_where_they_went():
+    from attnseg.world.render import CLASS_BY_NAME
+    from attnseg.world.scaling import thing_pixels
+
+    n = max(c.id for c in render.CLASSES) + 1
+    star, heart, sky, grass = (CLASS_BY_NAME[k].id for k in ("star", "heart", "sky", "grass"))
+    conf = np.zeros((n, n), np.int64)
+    conf[star, star], conf[star, heart], conf[heart, sky], conf[heart, 0] = 5, 2, 2, 1  # 10 thing pixels
+    conf[sky, sky], conf[grass, star] = 15, 5  # 20 stuff pixels
+    assert thing_pixels(conf) == pytest.approx(
+        {"right_thing": 0.5, "other_thing": 0.2, "stuff": 0.2, "background": 0.1, "stuff_taken_by_things": 0.25}
+    )

@@ -52,6 +52,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 70, 30),
 }
 SIZE_WORDS = {"small": (0.0, 0.42), "big": (0.7, 1.01)}
+# A thing's radius as a share of the image side: MIN + SPAN·rel, rel uniform in [0, 1) (docs/WORLD.md: larger
+# things did not help).
+THING_RADIUS_MIN, THING_RADIUS_SPAN = 0.09, 0.13
 
 # Words the captions use besides class names and colours: the tokenizer's vocabulary is built from these.
 PREFIXES = ("", "a photo of", "a picture of", "there is", "an image of", "this is", "we see", "look at")
@@ -351,7 +354,7 @@ def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
         name = str(rng.choice(THINGS))
         colour = str(rng.choice(list(COLOURS)))
         rel = float(rng.random())
-        radius = (0.09 + 0.13 * rel) * size * ss
+        radius = (THING_RADIUS_MIN + THING_RADIUS_SPAN * rel) * size * ss
         cx = rng.uniform(radius * 0.6, w - radius * 0.6)
         cy = rng.uniform(radius * 0.6, h - radius * 0.6)
         angle = rng.uniform(-math.pi, math.pi) if name != "circle" else 0.0

@@ -92,9 +92,28 @@ def evaluate(
         "miou": 100 * float(np.mean(list(per.values()))),
         "per_class_iou": {k: 100 * v for k, v in per.items()},
         "special_token_mass": float(np.mean(mass)) if mass else None,
+        "thing_pixels": thing_pixels(conf),
         "seconds_per_image": seconds,
         "n_scenes": len(rows),
         "overrides": {k: str(v) for k, v in overrides.items()},
+    }
+
+
+def thing_pixels(conf: np.ndarray) -> dict:
+    """Where the pixels of things went (the right thing, another thing, stuff), and stuff's pixels taken by things.
+
+    `conf[truth, prediction]` over world ids; prediction 0 is background (no class cleared τ).
+    """
+    things = [c.id for c in CLASSES if c.kind == "thing"]
+    stuff = [c.id for c in CLASSES if c.kind == "stuff"]
+    total = max(1, int(conf[things].sum()))
+    right = int(sum(conf[t, t] for t in things))
+    return {
+        "right_thing": right / total,
+        "other_thing": (int(conf[np.ix_(things, things)].sum()) - right) / total,
+        "stuff": int(conf[np.ix_(things, stuff)].sum()) / total,
+        "background": int(conf[things, 0].sum()) / total,
+        "stuff_taken_by_things": int(conf[np.ix_(stuff, things)].sum()) / max(1, int(conf[stuff].sum())),
     }
 
 

@@ -1,0 +1,51 @@
+"""Where a world model's segmentation puts the pixels of things: the right thing, another thing, or stuff.
+
+    attnseg world render --split test --n 200 --seed 0 --out world-data/tune
+    python benchmarks/thing_pixels.py --model world-m --root world-data/tune --n 100 [--timestep T] [--set blur=false]
+
+Prints one JSON line: mIoU, the mean IoU of stuff and of things (stuff_iou, things_iou), the shares of thing
+pixels labelled with the right thing, another thing present, stuff or background, and the share of stuff
+pixels taken by things.
+A share of "right thing" near 1 / (things in the scene) means the maps find things but not which is which.
+Oracle class prompts (the classes present), each model's own settings unless overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from attnseg.cli import parse_settings
+from attnseg.world.render import CLASSES
+from attnseg.world.scaling import evaluate, read_rows
+from attnseg.world.tune import model_folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="world-m", help="a shipped world model's name or a model folder")
+    parser.add_argument("--root", default="world-data/tune", help="a world split (not the val split you report)")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--method", default="goca")
+    parser.add_argument("--timestep", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    root = Path(args.root)
+    overrides = parse_settings(args.overrides)
+    r = evaluate(model_folder(args.model), args.method, root, read_rows(root, args.n), args.timestep, **overrides)
+    iou = r["per_class_iou"]
+    kinds = {c.name: c.kind for c in CLASSES}
+    line = {
+        "model": args.model, "method": args.method, "timestep": r["timestep"], "settings": args.overrides,
+        "miou": round(r["miou"], 1),
+        "stuff_iou": round(float(np.mean([v for k, v in iou.items() if kinds[k] == "stuff"])), 1),
+        "things_iou": round(float(np.mean([v for k, v in iou.items() if kinds[k] == "thing"])), 1),
+    } | {k: round(v, 3) for k, v in r["thing_pixels"].items()}  # fmt: skip
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
