@@ -220,3 +220,24 @@ def test_thing_pixels_splits_thing_pixels_by_where_they_went():
     assert thing_pixels(conf) == pytest.approx(
         {"right_thing": 0.5, "other_thing": 0.2, "stuff": 0.2, "background": 0.1, "stuff_taken_by_things": 0.25}
     )
+
+
+@pytest.mark.parametrize("mask_pads", [True, False])
+def test_mask_pads_hides_the_pads_from_the_denoiser(tmp_path, tiny_world, mask_pads):
+    from attnseg.world.train import caption_mask
+
+    ids = torch.tensor([[0, 5, 6, 1, 1, 1], [0, 1, 1, 1, 1, 1]])
+    assert caption_mask(ids, 1).tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]]
+    tr = _trainer(tmp_path, tiny_world, 1, text_layers=1, mask_pads=mask_pads)
+    ids = tr.ids[:2]
+    first_pad = int(caption_mask(ids, tr.tokenizer.eos_token_id).sum(1).max())
+    assert first_pad < ids.shape[1]
+    g = torch.Generator().manual_seed(0)
+    cfg = tr.unet.config
+    x0 = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
+    noise, t = torch.randn(x0.shape, generator=g), torch.tensor([300, 600])
+    with torch.no_grad():
+        before = tr.loss_on(x0, ids, t, noise, None)
+        tr.text.embeddings.position_embedding.weight[first_pad:] += 3.0  # only pads sit there
+        after = tr.loss_on(x0, ids, t, noise, None)
+    assert torch.equal(before, after) == mask_pads

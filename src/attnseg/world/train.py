@@ -67,6 +67,16 @@ class TrainConfig:
     text_layers: int | None = None
     max_length: int = wm.MAX_LENGTH
     cross_attention_gain: float = 1.0
+    # Hide the pad tokens (every end token after the first) from the UNet's cross-attention in training, so
+    # that with a causal encoder no pad can stand for the whole caption. Segmentation does not mask them: the
+    # per-pixel rescaling divides their mass out.
+    mask_pads: bool = False
+
+
+def caption_mask(ids: torch.Tensor, end_id: int) -> torch.Tensor:
+    """1 for the start token, the words and the first end token of each row; 0 for the pads after it (N×L)."""
+    first_end = (ids == end_id).int().argmax(1, keepdim=True)
+    return (torch.arange(ids.shape[1])[None] <= first_end).long()
 
 
 def model_shape(cfg: TrainConfig) -> wm.WorldSize:
@@ -407,7 +417,8 @@ class Trainer:
         a = self.alphas[t].view(-1, 1, 1, 1).to(x0.device)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         cond = self.text(ids.to(x0.device)).last_hidden_state
-        eps = self.unet(xt, t.to(x0.device), cond).sample
+        mask = caption_mask(ids, self.tokenizer.eos_token_id).to(x0.device) if self.cfg.mask_pads else None
+        eps = self.unet(xt, t.to(x0.device), cond, encoder_attention_mask=mask).sample
         err = (eps - noise).pow(2)
         if w is not None:
             scale = wt if wt is not None else 1.0
@@ -555,6 +566,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per caption, pads included")
     p.add_argument("--cross-attention-gain", type=float, default=d.cross_attention_gain,
                    help="scale of the cross-attention query/key weights at initialisation")  # fmt: skip
+    p.add_argument("--mask-pads", action="store_true",
+                   help="hide the pad tokens from the UNet's cross-attention in training")  # fmt: skip
     p.add_argument("--vae-only", action="store_true", help="train the shared VAE only (the first stage)")
     p.add_argument("--no-export", action="store_true", help="do not write the model into the package assets")
     p.add_argument("--export-to", default=None, help="models folder to export into (default: the package's)")
@@ -579,6 +592,7 @@ def run_train(args: argparse.Namespace) -> int:
         text_layers=args.text_layers,
         max_length=args.max_length,
         cross_attention_gain=args.cross_attention_gain,
+        mask_pads=args.mask_pads,
     )
     if args.vae_only:
         print(f"VAE in {train_vae(cfg)}")
