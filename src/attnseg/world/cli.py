@@ -3,39 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# name, help: each is the module attnseg.world.<name>, with add_<name>_arguments and run_<name>.
+WORLD_COMMANDS = (
+    ("render", "render scenes with exact masks and captions"),
+    ("train", "train (or resume) one model size and export it"),
+    ("export", "export the last checkpoint of a size into the package's models"),
+    ("scaling", "evaluate every shipped size with vanilla and goca on the val split"),
+    ("tune", "choose a model's timestep, propagation steps and blur on a held-out split"),
+)
 
 
 def add_world_commands(subparsers) -> argparse.ArgumentParser:
     """Register `world render|train|export|scaling|tune` on an argparse subparsers object; return the world parser."""
-    from attnseg.world import export, render, train
-
     world = subparsers.add_parser("world", help="the synthetic scene world and its embedded models")
     sub = world.add_subparsers(dest="world_command", required=True)
-
-    p = sub.add_parser("render", help="render scenes with exact masks and captions")
-    render.add_render_arguments(p)
-    p.set_defaults(func=render.run_render)
-
-    p = sub.add_parser("train", help="train (or resume) one model size and export it")
-    train.add_train_arguments(p)
-    p.set_defaults(func=train.run_train)
-
-    p = sub.add_parser("export", help="export the last checkpoint of a size into the package's models")
-    export.add_export_arguments(p)
-    p.set_defaults(func=export.run_export)
-
-    p = sub.add_parser("scaling", help="evaluate every shipped size with vanilla and goca on the val split")
-    from attnseg.world import scaling  # imports the Segmentor only when the study runs
-
-    scaling.add_scaling_arguments(p)
-    p.set_defaults(func=scaling.run_scaling)
-
-    p = sub.add_parser("tune", help="choose a model's timestep and propagation steps on a held-out split")
-    from attnseg.world import tune
-
-    tune.add_tune_arguments(p)
-    p.set_defaults(func=tune.run_tune)
+    for name, help_text in WORLD_COMMANDS:
+        module = importlib.import_module(f"attnseg.world.{name}")
+        p = sub.add_parser(name, help=help_text)
+        getattr(module, f"add_{name}_arguments")(p)
+        p.set_defaults(func=getattr(module, f"run_{name}"))
     return world
 
 

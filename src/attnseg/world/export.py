@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -152,10 +151,3 @@ def run_export(args: argparse.Namespace) -> int:
         set_default(folder.name, args.models_dir)
     print(f"exported {folder}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: export the last checkpoint of a size (and optionally make it the default)."""
-    p = argparse.ArgumentParser(prog="attnseg world export", description=__doc__)
-    add_export_arguments(p)
-    return run_export(p.parse_args(argv))

@@ -476,13 +476,6 @@ def render_split(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `attnseg world render`."""
-    p = argparse.ArgumentParser(prog="attnseg world render", description=__doc__)
-    add_render_arguments(p)
-    args = p.parse_args(argv)
-    return run_render(args)
-
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world render` to a parser."""

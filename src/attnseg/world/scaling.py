@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -297,10 +296,3 @@ def run_scaling(args: argparse.Namespace) -> int:
         generation_grid(target, caps, out / "generated.png")
     print(f"wrote {out}/table.md, results.json, scaling.png" + ("" if args.no_grid else ", generated.png"))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `attnseg world scaling`."""
-    p = argparse.ArgumentParser(prog="attnseg world scaling", description=__doc__)
-    add_scaling_arguments(p)
-    return run_scaling(p.parse_args(argv))

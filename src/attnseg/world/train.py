@@ -605,10 +605,3 @@ def run_train(args: argparse.Namespace) -> int:
         folder = export_from_trainer(tr, args.export_to)
         print(f"exported {folder}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `attnseg world train`."""
-    p = argparse.ArgumentParser(prog="attnseg world train", description=__doc__)
-    add_train_arguments(p)
-    return run_train(p.parse_args(argv))

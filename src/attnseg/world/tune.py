@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 from attnseg.backbones.loading import resolve_model
@@ -89,10 +88,3 @@ def run_tune(args: argparse.Namespace) -> int:
     if not args.dry_run:
         print(f"wrote {write_defaults(model, chosen)}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `attnseg world tune`."""
-    p = argparse.ArgumentParser(prog="attnseg world tune", description=__doc__.splitlines()[0])
-    add_tune_arguments(p)
-    return run_tune(p.parse_args(argv))
