@@ -25,6 +25,36 @@ def test_render_is_deterministic_for_a_seed():
     assert a[0].image.shape == (64, 64, 3) and a[0].mask.shape == (64, 64)
 
 
+def test_thing_patterns_change_only_thing_pixels_and_tell_classes_apart():
+    patterned = [s for _, s in render.render_scenes("val", 12, seed=0)]
+    plain = [s for _, s in render.render_scenes("val", 12, seed=0, patterns=False)]
+    changed = 0
+    for p, q in zip(patterned, plain):
+        # Same layout, colours and caption: the patterns draw nothing from the scene's generator.
+        assert np.array_equal(p.mask, q.mask) and p.caption == q.caption
+        differs = np.abs(p.image.astype(int) - q.image.astype(int)).max(-1) > 0
+        is_thing = p.mask > len(render.STUFF)
+        # Box-averaged edges (and a crescent's thin tips) blend a thing into stuff pixels next to it; stuff
+        # two pixels or more from every thing is kept as it was.
+        near_thing = np.zeros_like(is_thing)
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                near_thing |= np.roll(is_thing, (dy, dx), (0, 1))
+        assert not (differs & ~near_thing).any()
+        changed += (differs & is_thing).sum()
+    assert changed > 0
+    assert set(render.THING_PATTERNS) == set(render.THINGS)
+    u, v = np.meshgrid(np.linspace(-10, 10, 41), np.linspace(-10, 10, 41))
+    inks = {k: render.pattern_ink(k, u, v, 10.0) for k in set(render.THING_PATTERNS.values())}
+    assert not inks["plain"].any()
+    for a in inks:
+        for b in inks:
+            if a != b:
+                assert not np.allclose(inks[a], inks[b]), (a, b)
+    with pytest.raises(Exception, match="unknown thing pattern"):
+        render.pattern_ink("zigzag", u, v, 10.0)
+
+
 def test_classes_things_stuff_and_two_word_names():
     names = [c.name for c in render.CLASSES]
     assert len(names) >= 12 and len(set(names)) == len(names)
@@ -158,7 +188,11 @@ def test_local_token_encoder_trains_and_exports_from_its_checkpoint(tmp_path, ti
 
     from attnseg.world.export import export_checkpoint
 
-    tr = _trainer(tmp_path / "t", tiny_world, 2, text_layers=0, max_length=40, cross_attention_gain=3.0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "render.json").write_text('{"split": "train", "n": 8, "thing_patterns": true}')
+    tr = _trainer(
+        tmp_path / "t", tiny_world, 2, text_layers=0, max_length=40, cross_attention_gain=3.0, data=str(tmp_path / "data")
+    )
     tr.run()
     assert tr.text.config.num_hidden_layers == 0 and tr.tokenizer.model_max_length == 40
     # 0 layers: a token's output depends on its word and position only, not on the words before it
@@ -173,6 +207,7 @@ def test_local_token_encoder_trains_and_exports_from_its_checkpoint(tmp_path, ti
     assert tok.model_max_length == 40
     info = json.loads((folder / "world.json").read_text())
     assert info["size"]["text_layers"] == 0 and info["train_config"]["cross_attention_gain"] == 3.0
+    assert info["train_data"] == {"split": "train", "n": 8, "thing_patterns": True}  # which world it learned
     key = "embeddings.token_embedding.weight"
     assert torch.equal(te.state_dict()[key], tr.ema[f"text.{key}"])  # the checkpoint's EMA weights
 

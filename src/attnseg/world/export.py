@@ -58,22 +58,29 @@ def export_from_trainer(trainer, models_dir: str | Path | None = None, name: str
     name = name or f"world-{trainer.cfg.size}"
     trainer.swap_ema()
     try:
-        info = {
-            "name": name,
-            "size": wm.size_dict(model_shape(trainer.cfg)),
-            "steps": trainer.step,
-            "train_config": {k: v for k, v in trainer.cfg.__dict__.items()},
-            "history": trainer.history,
-            "heldout_loss": trainer.history[-1].get("heldout_loss") if trainer.history else None,
-            "image_size": 64,
-            "classes": "classes.json of `attnseg world render`",
-        }
+        info = _world_info(name, trainer.cfg, trainer.step, trainer.history)
         info.update(_recommended(models_dir / name))
         return write_folder(
             models_dir / name, trainer.unet, trainer.text, trainer.tokenizer, trainer.vae_dir, info
         )
     finally:
         trainer.swap_ema()
+
+
+def _world_info(name: str, cfg: TrainConfig, step: int, history: list[dict]) -> dict:
+    """The world.json of an exported model: its shape, training settings and history, and the data it saw."""
+    render = Path(cfg.data) / "render.json"  # the training folder's world at export: split, seed, patterns
+    return {
+        "name": name,
+        "size": wm.size_dict(model_shape(cfg)),
+        "steps": step,
+        "train_config": dict(cfg.__dict__),
+        "train_data": json.loads(render.read_text()) if render.is_file() else None,
+        "history": history,
+        "heldout_loss": history[-1].get("heldout_loss") if history else None,
+        "image_size": 64,
+        "classes": "classes.json of `attnseg world render`",
+    }
 
 
 def _recommended(folder: Path) -> dict:
@@ -109,15 +116,7 @@ def export_checkpoint(
             v.copy_(ema[f"text.{k}"])
     models_dir = Path(models_dir) if models_dir is not None else wm.models_dir()
     name = f"world-{size}"
-    info = {
-        "name": name,
-        "size": wm.size_dict(sz),
-        "steps": state["step"],
-        "train_config": state["config"],
-        "history": state["history"],
-        "heldout_loss": state["history"][-1].get("heldout_loss") if state["history"] else None,
-        "image_size": 64,
-    }
+    info = _world_info(name, cfg, state["step"], state["history"])
     info.update(_recommended(models_dir / name))
     return write_folder(models_dir / name, unet, text, tok, vae_dir, info)
 

@@ -254,6 +254,66 @@ def _raster_thing(name: str, cx: float, cy: float, radius: float, angle: float, 
     return np.asarray(layer) > 127
 
 
+# A pattern per thing class, drawn in the thing's own frame (it turns with the thing) in a second ink over
+# the thing's random colour. Real objects are known by their local appearance as well as their outline;
+# with a flat fill a thing's class shows only in an outline 3-7 attention cells wide, and the world models
+# could not tell which thing was which (docs/WORLD.md, "Thing patterns"). Periods are in output pixels and
+# at least 6, two latent cells, so the VAE keeps them.
+THING_PATTERNS = {
+    "circle": "plain",
+    "square": "checker",
+    "triangle": "stripes",
+    "star": "dots",
+    "heart": "glow",
+    "cross": "grid",
+    "bow tie": "halves",
+    "crescent moon": "rings",
+}
+_WHITE_INK = {"stripes", "dots", "glow", "rings"}
+
+
+def pattern_ink(pattern: str, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    """The share of the second ink (0–1) of a pattern at thing-frame coordinates u, v (output pixels)."""
+    if pattern == "plain":
+        return np.zeros_like(u)
+    if pattern == "checker":
+        return ((np.floor(u / 4) + np.floor(v / 4)) % 2).astype(np.float32) * 0.8
+    if pattern == "stripes":
+        return (np.floor(u / 3.5) % 2).astype(np.float32) * 0.8
+    if pattern == "dots":
+        du, dv = (u % 6) - 3, (v % 6) - 3
+        return (du * du + dv * dv < 2.2**2).astype(np.float32) * 0.9
+    if pattern == "glow":
+        return np.clip(1 - np.hypot(u, v) / (0.75 * radius), 0, 1) * 0.9
+    if pattern == "grid":
+        return (((u % 6) < 1.5) | ((v % 6) < 1.5)).astype(np.float32) * 0.85
+    if pattern == "halves":
+        return (u < 0).astype(np.float32) * 0.7
+    if pattern == "rings":
+        return (np.floor(np.hypot(u, v) / 3) % 2).astype(np.float32) * 0.8
+    raise BadConfigError(f"unknown thing pattern {pattern!r}; use one of {', '.join(sorted(set(THING_PATTERNS.values())))}")
+
+
+def _pattern_fill(
+    fill: np.ndarray, name: str, colour: str, cx: float, cy: float, radius: float, angle: float
+) -> np.ndarray:
+    """A thing's h×w×3 fill with its class pattern (supersampled pixels in, supersampled pixels out)."""
+    pattern = THING_PATTERNS[name]
+    h, w = fill.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = (xx - cx) / SUPERSAMPLE, (yy - cy) / SUPERSAMPLE
+    ca, sa = math.cos(angle), math.sin(angle)
+    u, v = dx * ca + dy * sa, -dx * sa + dy * ca
+    white = pattern in _WHITE_INK
+    if colour in ("white", "yellow", "pink") and white:
+        white = False  # a light thing gets its pattern in black, a dark one in white
+    elif colour == "black" and not white:
+        white = True
+    ink = np.array([245, 245, 245] if white else [20, 20, 20], np.float32)
+    share = pattern_ink(pattern, u, v, radius / SUPERSAMPLE)[..., None]
+    return fill * (1 - share) + ink * share
+
+
 # --------------------------------------------------------------------------- captions
 
 
@@ -316,8 +376,12 @@ def make_caption(
 # --------------------------------------------------------------------------- scenes
 
 
-def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
-    """Render one scene of size×size pixels with its exact mask and a caption."""
+def render_scene(rng: np.random.Generator, size: int = 64, patterns: bool = True) -> Scene:
+    """Render one scene of size×size pixels with its exact mask and a caption.
+
+    patterns=False draws every thing in a flat fill (the first world); the layout, colours and captions
+    are the same either way, since the patterns draw nothing from rng.
+    """
     if size < 16:
         raise BadConfigError(f"scene size must be at least 16 pixels, got {size}")
     ss = SUPERSAMPLE
@@ -361,6 +425,8 @@ def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
         shape = _raster_thing(name, cx, cy, radius, angle, h, w)
         shade = 0.85 + 0.3 * _value_noise(rng, h, w, 3)[..., None]
         fill = _jitter(rng, COLOURS[colour], 18) * shade
+        if patterns:
+            fill = _pattern_fill(fill, name, colour, cx, cy, radius, angle)
         img = np.where(shape[..., None], np.clip(fill, 0, 255), img)
         cid = CLASS_BY_NAME[name].id
         mask = np.where(shape, cid, mask).astype(np.uint8)
@@ -389,12 +455,12 @@ def split_seed(split: str, seed: int) -> int:
     return seed + offsets[split]
 
 
-def render_scenes(split: str, n: int, seed: int = 0, size: int = 64):
+def render_scenes(split: str, n: int, seed: int = 0, size: int = 64, patterns: bool = True):
     """Yield (index, Scene) for n scenes of a split; scene i depends only on (split, seed, i)."""
     base = split_seed(split, seed)
     for i in range(n):
         rng = np.random.default_rng([base, i])
-        yield i, render_scene(rng, size)
+        yield i, render_scene(rng, size, patterns)
 
 
 def classes_json() -> dict:
@@ -430,7 +496,13 @@ def _atomic_save_png(img: Image.Image, path: Path) -> None:
 
 
 def render_split(
-    out: str | Path, split: str = "val", n: int = 500, seed: int = 0, size: int = 64, progress: bool = True
+    out: str | Path,
+    split: str = "val",
+    n: int = 500,
+    seed: int = 0,
+    size: int = 64,
+    progress: bool = True,
+    patterns: bool = True,
 ) -> Path:
     """Render n scenes of a split into out (images/, masks/, index.jsonl, classes.json); return out."""
     if n <= 0:
@@ -443,7 +515,7 @@ def render_split(
     (stage / "masks").mkdir()
     pal = palette()
     lines = []
-    it = render_scenes(split, n, seed, size)
+    it = render_scenes(split, n, seed, size, patterns)
     if progress:
         from tqdm import tqdm
 
@@ -468,7 +540,7 @@ def render_split(
     (stage / "index.jsonl").write_text("\n".join(lines) + "\n")
     (stage / "classes.json").write_text(json.dumps(classes_json(), indent=1) + "\n")
     (stage / "render.json").write_text(
-        json.dumps({"split": split, "n": n, "seed": seed, "size": size}) + "\n"
+        json.dumps({"split": split, "n": n, "seed": seed, "size": size, "thing_patterns": patterns}) + "\n"
     )
     if out.exists():
         shutil.rmtree(out)
@@ -484,10 +556,12 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="image side in pixels (>= 64 recommended)")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--plain-things", action="store_true",
+                   help="flat-filled things without their class pattern (the first world)")
 
 
 def run_render(args: argparse.Namespace) -> int:
     """Run `world render` from parsed arguments."""
-    out = render_split(args.out, args.split, args.n, args.seed, args.size)
+    out = render_split(args.out, args.split, args.n, args.seed, args.size, patterns=not args.plain_things)
     print(f"wrote {args.n} {args.split} scenes to {out}")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from attnseg.backbones.loading import resolve_model
 from attnseg.errors import BadConfigError
 from attnseg.io import atomic_path
-from attnseg.world.scaling import evaluate, read_rows
+from attnseg.world.scaling import WORLD_TAU, evaluate, read_rows
 
 TIMESTEPS = (100, 300, 500, 700)
 REFINE_STEPS = (0, 2)
@@ -43,7 +43,7 @@ def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFI
     rows = read_rows(root, n)
     grid = []
     for t, k, b in itertools.product(timesteps, refine_steps, blur):
-        r = evaluate(model, "goca", root, rows, timestep=t, refine_steps=k, blur=b)
+        r = evaluate(model, "goca", root, rows, timestep=t, refine_steps=k, blur=b, tau=WORLD_TAU)
         grid.append({"timestep": t, "refine_steps": k, "blur": b, "miou": round(r["miou"], 2)})
         print(f"t={t} refine_steps={k} blur={b}: mIoU {r['miou']:.1f}", flush=True)
     best = max(grid, key=lambda g: g["miou"])
@@ -51,7 +51,7 @@ def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFI
         "preset": {"timestep": best["timestep"], "refine_steps": best["refine_steps"]},
         "method": {"blur": best["blur"]},
         "tuned": {
-            "by": "goca mIoU, oracle class prompts",
+            "by": f"goca mIoU, oracle class prompts, tau {WORLD_TAU}",
             "split": split,
             "n_scenes": len(rows),
             "grid": grid,
