@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnseg.cli import parse_settings
+from attnseg.cli import parse_settings, setting_pair
 from attnseg.world.render import CLASSES
 from attnseg.world.scaling import evaluate, read_rows
 from attnseg.world.tune import model_folder
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--method", default="goca")
     parser.add_argument("--timestep", type=int, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     root = Path(args.root)
     overrides = parse_settings(args.overrides)
@@ -39,7 +39,7 @@ def main() -> None:
     iou = r["per_class_iou"]
     kinds = {c.name: c.kind for c in CLASSES}
     line = {
-        "model": args.model, "method": args.method, "timestep": r["timestep"], "settings": args.overrides,
+        "model": args.model, "method": args.method, "timestep": r["timestep"], "settings": overrides,
         "miou": round(r["miou"], 1),
         "stuff_iou": round(float(np.mean([v for k, v in iou.items() if kinds[k] == "stuff"])), 1),
         "things_iou": round(float(np.mean([v for k, v in iou.items() if kinds[k] == "thing"])), 1),

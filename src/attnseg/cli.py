@@ -7,26 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from attnseg.errors import AttnsegError, BadConfigError
+from attnseg.errors import AttnsegError
 from attnseg.method.config import METHOD_PRESETS
 from attnseg.prompts import DEFAULT_TEMPLATE
 
 
-def _parse_value(text: str) -> object:
+def setting_pair(text: str) -> tuple[str, object]:
+    """One `--set KEY=VALUE`, the value read as JSON where it parses (numbers, true/false, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (e.g. --set head_aggregation=mean)")
     try:
-        return json.loads(text)
+        return key.strip(), json.loads(value)
     except json.JSONDecodeError:
-        return text
+        return key.strip(), value
 
 
-def parse_settings(pairs: list[str], tau: float | None = None) -> dict:
-    """Method settings from `--set KEY=VALUE` pairs (values read as JSON where they parse), and --tau."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise BadConfigError(f"--set takes KEY=VALUE, got {pair!r} (e.g. --set head_aggregation=mean)")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = _parse_value(value)
+def parse_settings(pairs: list[tuple[str, object]], tau: float | None = None) -> dict:
+    """Method settings from the `--set` pairs and --tau, as Segmentor.from_pretrained takes them."""
+    out = dict(pairs or [])
     if tau is not None:
         out["tau"] = tau
     if isinstance(out.get("resolution_weights"), list):
@@ -34,19 +33,24 @@ def parse_settings(pairs: list[str], tau: float | None = None) -> dict:
     return out
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that loads a model."""
+def add_loading_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How a model is loaded and which method runs on it: the options `segment` and `eval` share."""
     parser.add_argument("--model", default=None, help="embedded name, diffusers folder, cached hub id, or .safetensors (default: embedded)")
     parser.add_argument("--method", default="goca", choices=sorted(METHOD_PRESETS), help="method preset")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp32 on CPU, fp16 on CUDA)")
-    parser.add_argument("--tau", type=float, default=None, help="background threshold in [0, 1]")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE", help="override a method setting (repeatable)")
     parser.add_argument("--template", default=None, help=f"prompt template with {{}} for the class list (default: the model's, else {DEFAULT_TEMPLATE!r})")
-    parser.add_argument("--background", default="", help="comma-separated background words named in the prompt")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per denoiser forward")
     parser.add_argument("--allow-pickle", action="store_true", help="allow pickled (.ckpt/.bin) weights you trust")
     parser.add_argument("--config", dest="config_folder", default=None, help="diffusers folder with configs for a single-file checkpoint")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The loading options and the segment-time ones: threshold, background words, batch size."""
+    add_loading_options(parser)
+    parser.add_argument("--tau", type=float, default=None, help="background threshold in [0, 1]")
+    parser.add_argument("--background", default="", help="comma-separated background words named in the prompt")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per denoiser forward")
 
 
 def segmentor_from_args(args: argparse.Namespace):
@@ -57,7 +61,7 @@ def segmentor_from_args(args: argparse.Namespace):
     return Segmentor.from_pretrained(
         args.model, args.method, args.device, args.dtype, template=args.template, background=background,
         batch_size=args.batch_size, allow_pickle=args.allow_pickle, config_folder=args.config_folder,
-        max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096, **parse_settings(args.set, args.tau),
+        max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096, **parse_settings(args.overrides, args.tau),
     )  # fmt: skip
 
 

@@ -301,3 +301,30 @@ def test_attnseg_command_has_eval_and_report(tmp_path: Path, capsys: pytest.Capt
         )
         == 2
     )
+
+
+def test_every_eval_flag_reaches_its_config_field() -> None:
+    import argparse
+    from dataclasses import fields
+
+    from attnseg.eval.cli import add_eval_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    argv = [
+        "--dataset", "ade20k", "--root", "r", "--out", "o", "--split", "training", "--model", "world-s",
+        "--method", "vanilla", "--device", "cpu", "--dtype", "float32", "--set", "timestep=300",
+        "--template", "a photo of {}", "--allow-pickle", "--config", "cfg", "--segmentor", "m:f",
+        "--segmentor-arg", "k=2", "--protocol", "open", "--tau", "0.4", "--tau-search", "heldout",
+        "--tau-split", "val", "--tau-root", "t", "--tau-images", "7", "--tau-grid", "0.3,0.5",
+        "--no-background", "tau", "--classes-per-prompt", "3", "--no-synonyms", "--seed", "5",
+        "--limit", "9", "--batch-size", "2", "--no-progress",
+    ]  # fmt: skip
+    config = config_from_args(parser.parse_args(argv), ["attnseg", "eval"])
+    defaults = EvalConfig(dataset="ade20k", root="r", out="o")
+    # Every field but the command line is a flag, and the argv above moves each one off its default.
+    unchanged = [f.name for f in fields(EvalConfig) if getattr(config, f.name) == getattr(defaults, f.name)]
+    assert unchanged == ["dataset", "root", "out"]
+    assert config.overrides == (("timestep", 300),) and config.segmentor_args == (("k", 2),)
+    assert config.tau_grid == (0.3, 0.5) and config.synonyms is False and config.progress is False
+    assert config.command == ("attnseg", "eval")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
+from attnseg.cli import add_loading_options, setting_pair
 from attnseg.errors import AttnsegError
 from attnseg.eval.datasets import DATASETS
 from attnseg.eval.protocols import (
@@ -20,26 +21,6 @@ from attnseg.eval.protocols import (
 )
 
 
-def _key_value(text: str) -> tuple[str, Any]:
-    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false, lists), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.strip(), json.loads(value)
-    except ValueError:
-        return key.strip(), value
-
-
-def _method_names() -> list[str] | None:
-    """The method presets the core knows (None: any name; the segmentor checks it)."""
-    try:
-        from attnseg.method.config import METHOD_PRESETS
-    except ImportError:  # pragma: no cover - only without the core
-        return None
-    return sorted(METHOD_PRESETS)
-
-
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `attnseg eval`."""
     p.add_argument(
@@ -49,39 +30,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder; run the same command again to resume it")
     p.add_argument("--split", default=None, help="split to score (default: the benchmark's val split)")
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default=None,
-        help="embedded model name, diffusers folder, cached repo id or .safetensors (default: the embedded default)",
-    )
-    g.add_argument(
-        "--method", default="goca", choices=_method_names(), help="method preset, as in `attnseg segment`"
-    )
-    g.add_argument(
-        "--device", default=None, help="torch device (default: cuda:LOCAL_RANK when there is a GPU, else CPU)"
-    )
-    g.add_argument("--dtype", default=None, help="torch dtype of the model (default: the model family's)")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a method setting passed to Segmentor.from_pretrained (repeatable)",
-    )
-    g.add_argument(
-        "--template",
-        default=None,
-        help="prompt template with {} for the class list (default: the segmentor's)",
-    )
-    g.add_argument("--allow-pickle", action="store_true", help="allow pickled (.ckpt/.bin) weights you trust")
-    g.add_argument(
-        "--config",
-        dest="config_folder",
-        default=None,
-        help="diffusers folder with configs for a single-file checkpoint",
-    )
+    add_loading_options(g)
     g.add_argument(
         "--segmentor",
         default=None,
@@ -92,7 +41,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "--segmentor-arg",
         dest="segmentor_args",
         action="append",
-        type=_key_value,
+        type=setting_pair,
         default=[],
         metavar="KEY=VALUE",
         help="keyword argument for --segmentor (repeatable)",
@@ -169,37 +118,12 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
     """The EvalConfig of parsed `attnseg eval` arguments."""
     from attnseg.eval.runner import EvalConfig
 
-    return EvalConfig(
-        dataset=args.dataset,
-        root=args.root,
-        out=args.out,
-        split=args.split,
-        model=args.model,
-        method=args.method,
-        device=args.device,
-        dtype=args.dtype,
-        overrides=tuple(args.overrides),
-        template=args.template,
-        allow_pickle=args.allow_pickle,
-        config_folder=args.config_folder,
-        protocol=args.protocol,
-        tau=args.tau,
-        tau_search=args.tau_search,
-        tau_split=args.tau_split,
-        tau_root=args.tau_root,
-        tau_images=args.tau_images,
-        tau_grid=tuple(args.tau_grid),
-        no_background=args.no_background,
-        classes_per_prompt=args.classes_per_prompt,
-        synonyms=args.synonyms,
-        seed=args.seed,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        segmentor=args.segmentor,
-        segmentor_args=tuple(args.segmentor_args),
-        progress=args.progress,
-        command=tuple(argv if argv is not None else sys.argv),
-    )
+    # Every option's dest is the EvalConfig field of the same name; lists become tuples so the config hashes.
+    given = vars(args)
+    values = {f.name: given[f.name] for f in fields(EvalConfig) if f.name in given}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    values["command"] = tuple(argv if argv is not None else sys.argv)  # args.command is the subcommand's name
+    return EvalConfig(**values)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
