@@ -1,7 +1,7 @@
 """Ablation of GoCA's steps on the synthetic world: each step switched off alone, plus the vanilla baseline.
 
     attnseg world render --split val --n 500 --seed 0 --out world-data/val
-    python benchmarks/ablation.py --root world-data/val [--model world-m] [--protocol oracle-tags] [--limit N]
+    python benchmarks/ablation.py --root world-data/val [--model world-s] [--protocol oracle-tags] [--limit N] [--tau 0]
 
 Every variant is one `attnseg eval` run (resumable, in --out/<variant>); the table is printed as Markdown and
 written to --out/ablation.md.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from attnseg.cli import main as attnseg_main
 from attnseg.io import atomic_path
+from attnseg.world.scaling import WORLD_TAU
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "goca (all steps)": ("goca", []),
@@ -38,13 +39,14 @@ def main() -> None:
     parser.add_argument("--protocol", default="oracle-tags", choices=["oracle-tags", "open"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--tau", type=float, default=WORLD_TAU, help="background threshold (default 0, as the study)")
     args = parser.parse_args()
     out = Path(args.out) / args.protocol
     rows = []
     for name, (method, settings) in VARIANTS.items():
         run = out / name.split(" (")[0].strip("− ").replace(" ", "-")
         cmd = ["eval", "--dataset", "world", "--root", args.root, "--out", str(run), "--method", method,
-               "--protocol", args.protocol, "--no-progress"]  # fmt: skip
+               "--protocol", args.protocol, "--tau", str(args.tau), "--no-progress"]  # fmt: skip
         for setting in settings:
             cmd += ["--set", setting]
         for flag, value in (("--model", args.model), ("--limit", args.limit), ("--device", args.device)):
@@ -54,7 +56,7 @@ def main() -> None:
             raise SystemExit(f"variant {name!r} failed")
         metrics = json.loads((run / "metrics.json").read_text())
         rows.append((name, 100 * metrics["mIoU"], 100 * metrics["pixel_accuracy"]))
-    lines = [f"Ablation on {args.root} ({args.protocol}, model {args.model or 'embedded default'})", "",
+    lines = [f"Ablation on {args.root} ({args.protocol}, τ {args.tau}, model {args.model or 'embedded default'})", "",
              "| variant | mIoU | pixel acc. |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {name} | {miou:.1f} | {acc:.1f} |" for name, miou, acc in rows]
     text = "\n".join(lines) + "\n"

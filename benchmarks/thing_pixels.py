@@ -1,7 +1,7 @@
 """Where a world model's segmentation puts the pixels of things: the right thing, another thing, or stuff.
 
     attnseg world render --split test --n 200 --seed 0 --out world-data/tune
-    python benchmarks/thing_pixels.py --model world-m --root world-data/tune --n 100 [--timestep T] [--set blur=false]
+    python benchmarks/thing_pixels.py [--model world-m] --root world-data/tune --n 100 [--timestep T] [--set blur=false]
 
 Prints one JSON line: mIoU, the mean IoU of stuff and of things (stuff_iou, things_iou), the shares of thing
 pixels labelled with the right thing, another thing present, stuff or background, and the share of stuff
@@ -26,7 +26,7 @@ from attnseg.world.tune import model_folder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="world-m", help="a shipped world model's name or a model folder")
+    parser.add_argument("--model", default=None, help="a shipped world model's name or a model folder (default: the embedded default)")
     parser.add_argument("--root", default="world-data/tune", help="a world split (not the val split you report)")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--method", default="goca")

@@ -24,8 +24,8 @@ REFINE_STEPS = (0, 2)
 BLUR = (True, False)
 
 
-def model_folder(name: str) -> Path:
-    """The diffusers folder of a shipped model's name or a path: where attnseg.json is written."""
+def model_folder(name: str | None) -> Path:
+    """The diffusers folder of a shipped model's name or a path (None: the default): where attnseg.json is written."""
     folder, _ = resolve_model(name)
     if not (folder / "model_index.json").is_file():
         raise BadConfigError(
@@ -73,7 +73,7 @@ def write_defaults(model: Path, chosen: dict) -> Path:
 
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world tune` to a parser."""
-    p.add_argument("--model", default="world-m", help="a shipped world model's name or a model folder")
+    p.add_argument("--model", default=None, help="a shipped world model's name or a model folder (default: the embedded default)")
     p.add_argument("--root", default="world-data/tune",
                    help="a held-out split: attnseg world render --split test --n 200 --out world-data/tune")  # fmt: skip
     p.add_argument("--n", type=int, default=200, help="scenes to tune on")
