@@ -1,4 +1,6 @@
 import io
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -78,3 +80,15 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("whole")
     assert target.read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_path_gives_the_mode_of_an_ordinary_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.json") as tmp:
+            tmp.write_text("{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
+    assert mode("out.json") == mode("plain.json") == 0o644

@@ -118,9 +118,9 @@ def tiny_world():
     return render_in_memory("train", 8, seed=0), render_in_memory("val", 4, seed=0)
 
 
-def _trainer(tmp, world, steps, **settings):
+def _trainer(tmp, world, steps, size="xs", **settings):
     cfg = TrainConfig(
-        size="xs",
+        size=size,
         steps=steps,
         batch=2,
         out=str(tmp),
@@ -181,6 +181,51 @@ def test_export_loads_as_a_diffusers_folder(tmp_path, tiny_world):
         out = unet(z, torch.tensor([100]), cond).sample
     assert out.shape == z.shape == (1, wm.LATENT_CHANNELS, 16, 16)
     assert not any(p.name.endswith((".bin", ".pt", ".pth", ".ckpt")) for p in folder.rglob("*"))
+
+
+def test_a_32_latent_size_trains_exports_and_segments_on_16_maps(tmp_path, tiny_world):
+    from attnseg import Segmentor
+    from attnseg.world.export import export_checkpoint
+
+    tr = _trainer(tmp_path / "t", tiny_world, 2, size="xs32")
+    tr.run()
+    assert (tmp_path / "t" / "vae32" / "config.json").is_file() and not (tmp_path / "t" / "vae").exists()
+    assert tr.lat_mean.shape[1:] == (4, 32, 32)
+    folder = export_checkpoint("xs32", tmp_path / "t", tmp_path / "models")
+    assert folder.name == "world-xs32"
+    seg = Segmentor.from_pretrained(str(folder), device="cpu", dtype="float32", tau=0.0)
+    assert seg.backbone.preset.native_size == 64
+    plan = seg.backbone.capture_plan((32, 32), seg.config)
+    cross = {seg.backbone._grids((32, 32))[n] for n, p in plan.plans.items() if p.read_cross}
+    assert cross == {(16, 16), (8, 8)} and plan.map_size == (16, 16)  # SDXL's layout: none at 32²
+    image = Image.fromarray(tiny_world[1].images[0])
+    out = seg.segment(image, ["sky", "grass", "star"])
+    assert out.labels.shape == (64, 64) and len(out.meta["layers"]) == 7
+
+
+def test_scaling_lists_models_by_latent_and_tables_them(tmp_path, tiny_world):
+    import argparse
+
+    from attnseg.world.export import export_from_trainer
+    from attnseg.world.scaling import add_scaling_arguments, run_scaling, shipped_models
+
+    for size in ("xs32", "xs"):
+        tr = _trainer(tmp_path / "t", tiny_world, 1, size=size)
+        tr.run()
+        export_from_trainer(tr, tmp_path / "models")
+    models = shipped_models(tmp_path / "models")
+    assert [m.name for m in models] == ["world-xs", "world-xs32"]  # the 16² family first
+    parser = argparse.ArgumentParser()
+    add_scaling_arguments(parser)
+    args = parser.parse_args(["--val", str(tmp_path / "val"), "--n", "2", "--no-grid", "--out", str(tmp_path / "out"),
+                              "--models", *map(str, models)])  # fmt: skip
+    assert run_scaling(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["model"], r["latent"], r["method"]) for r in results] == [
+        ("world-xs", 16, "vanilla"), ("world-xs", 16, "goca"), ("world-xs32", 32, "vanilla"), ("world-xs32", 32, "goca")
+    ]  # fmt: skip
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| world-xs32 | 32² | goca |" in table and (tmp_path / "out" / "scaling.png").stat().st_size > 0
 
 
 def test_local_token_encoder_trains_and_exports_from_its_checkpoint(tmp_path, tiny_world):

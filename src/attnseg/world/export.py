@@ -99,7 +99,7 @@ def export_checkpoint(
     from safetensors.torch import load_file
 
     ckpt = Path(out) / size / "ckpt"
-    vae_dir = Path(out) / "vae"
+    vae_dir = wm.vae_folder(out, wm.get_size(size).latent)
     if not (ckpt / "ema.safetensors").is_file() or not (vae_dir / "config.json").is_file():
         raise BadCheckpointError(f"no finished checkpoint in {ckpt} (or no VAE in {vae_dir}); train it first")
     state = json.loads((ckpt / "state.json").read_text())

@@ -12,6 +12,9 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 UNK = "<|unk|>"
 LATENT_CHANNELS = 8  # 16×16×8 for 64×64×3: 6× compression, which a small VAE learns in minutes
+# The VAE of each latent side for a 64×64 image: latent channels and encoder widths (one downsampling per
+# width after the first). 32×32×4 is 3× compression with one downsampling.
+VAES = {16: (LATENT_CHANNELS, (16, 32, 64)), 32: (4, (32, 64))}
 MAX_LENGTH = 48  # tokens, start and end included; every caption of the world fits
 
 
@@ -29,15 +32,22 @@ class WorldSize:
     steps: int
     batch: int
     lr: float
+    latent: int = 16  # side of the latent of a 64×64 image: 16 (SD1.5's layout) or 32 (SDXL's)
 
 
 SIZES: dict[str, WorldSize] = {
     # SD1.5's layout scaled down: cross-attention at every level but the lowest, a cross-attention mid
-    # block; the latent is 16×16×4 for a 64×64 image, so cross-attention runs at 16², 8² and 4².
+    # block; the latent is 16×16×8 for a 64×64 image, so cross-attention runs at 16², 8² and 4².
     "xs": WorldSize("xs", (16, 16, 16), 1, 2, 16, 1, 2, 4, 4, 1e-3),  # tests only
     "s": WorldSize("s", (32, 64, 64), 1, 4, 64, 2, 4, 1500, 32, 1e-3),
     "m": WorldSize("m", (48, 96, 96), 1, 4, 96, 3, 4, 1200, 32, 8e-4),
     "l": WorldSize("l", (64, 128, 128), 1, 8, 128, 3, 4, 900, 32, 6e-4),
+    # SDXL's layout on a 32×32×4 latent: no attention at the finest level (32², where it would cost most), so
+    # cross-attention runs at 16² and 8². On the 16² latent the best class maps came from the middle level (8²,
+    # an upper bound of 73 mIoU for maps on that grid); here the middle level is 16² (bound 89).
+    "xs32": WorldSize("xs32", (16, 16, 16), 1, 2, 16, 0, 2, 4, 4, 1e-3, latent=32),  # tests only
+    "s32": WorldSize("s32", (32, 64, 64), 1, 4, 64, 0, 4, 4500, 32, 1e-3, latent=32),
+    "m32": WorldSize("m32", (48, 96, 96), 1, 4, 96, 0, 4, 4500, 32, 8e-4, latent=32),
 }
 
 
@@ -108,21 +118,35 @@ def build_text_encoder(size: WorldSize, vocab_size: int, seed: int = 0, max_leng
     return model
 
 
+def get_latent(side: int) -> tuple[int, tuple[int, ...]]:
+    """Latent channels and VAE widths of a latent side, or a BadConfigError listing the known ones."""
+    if side not in VAES:
+        raise BadConfigError(f"no VAE for a {side}×{side} latent; use one of {', '.join(map(str, VAES))}")
+    return VAES[side]
+
+
 def build_unet(size: WorldSize, seed: int = 0, cross_attention_gain: float = 1.0):
-    """A UNet2DConditionModel laid out like SD1.5's, for a 16×16×8 latent."""
+    """A UNet2DConditionModel laid out like SD1.5's for a 16×16×8 latent, or like SDXL's for 32×32×4."""
     import torch
     from diffusers import UNet2DConditionModel
 
     n = len(size.unet_channels)
+    channels, _ = get_latent(size.latent)
+    if size.latent == 16:  # SD1.5: cross-attention at every level but the lowest
+        down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+        up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    else:  # SDXL: cross-attention at every level but the finest
+        down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+        up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS,
+        sample_size=size.latent,
+        in_channels=channels,
+        out_channels=channels,
         layers_per_block=size.layers_per_block,
         block_out_channels=size.unet_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=size.text_width,
         attention_head_dim=size.heads,  # diffusers reads this as the number of heads (as in SD1.5's config)
         norm_num_groups=min(16, size.unet_channels[0]),
@@ -139,20 +163,21 @@ def build_unet(size: WorldSize, seed: int = 0, cross_attention_gain: float = 1.0
     return unet
 
 
-def build_vae(seed: int = 0):
-    """A small AutoencoderKL: 64×64×3 image ↔ 16×16×8 latent (two downsamplings)."""
+def build_vae(seed: int = 0, latent: int = 16):
+    """A small AutoencoderKL: 64×64×3 image ↔ 16×16×8 latent (two downsamplings) or 32×32×4 (one)."""
     import torch
     from diffusers import AutoencoderKL
 
+    channels, widths = get_latent(latent)
     torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=widths,
         layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
+        latent_channels=channels,
         norm_num_groups=8,
         sample_size=64,
         mid_block_add_attention=False,
@@ -178,6 +203,11 @@ def build_scheduler():
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**scheduler_config())
+
+
+def vae_folder(out: str | Path, latent: int) -> Path:
+    """Where a training folder keeps the VAE of a latent side (shared by the sizes with that latent)."""
+    return Path(out) / ("vae" if latent == 16 else f"vae{latent}")
 
 
 def size_dict(size: WorldSize) -> dict:

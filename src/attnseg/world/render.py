@@ -481,20 +481,6 @@ def palette() -> list[int]:
     return pal
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write text through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_png(img: Image.Image, path: Path) -> None:
-    """Save a PNG through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def render_split(
     out: str | Path,
     split: str = "val",
@@ -546,7 +532,6 @@ def render_split(
         shutil.rmtree(out)
     os.replace(stage, out)
     return out
-
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:

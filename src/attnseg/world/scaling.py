@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from attnseg.errors import BadDatasetError
+from attnseg.eval.records import atomic_write_text
+from attnseg.io import atomic_path
 from attnseg.world import model as wm
 from attnseg.world.render import CLASSES, render_split
 
@@ -24,10 +25,16 @@ WORLD_TAU = 0.0
 
 
 def shipped_models(models_dir: Path | None = None) -> list[Path]:
-    """Exported world model folders, smallest first (by UNet weight bytes)."""
+    """Exported world model folders, by latent side, then smallest first (by UNet weight bytes)."""
     models_dir = models_dir or wm.models_dir()
     found = [p for p in models_dir.glob("world-*") if (p / "model_index.json").is_file()]
-    return sorted(found, key=lambda p: (p / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size)
+    weights = lambda p: (p / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size  # noqa: E731
+    return sorted(found, key=lambda p: (latent_side(p), weights(p)))
+
+
+def latent_side(model: Path) -> int:
+    """The side of a world model's latent (its UNet's sample size): 16 or 32 for a 64×64 image."""
+    return int(json.loads((model / "unet" / "config.json").read_text())["sample_size"])
 
 
 def ensure_val(folder: Path, n: int, seed: int) -> Path:
@@ -132,27 +139,23 @@ def heldout_loss(model: Path) -> float | None:
     return json.loads(f.read_text()).get("heldout_loss") if f.is_file() else None
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Write through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def table_markdown(results: list[dict]) -> str:
     """The study's table: one row per model and method, then per-class IoU."""
     taus = sorted({r.get("tau") for r in results}, key=str)
     lines = [
         f"Prompts name the classes present in each scene (oracle); background threshold τ {', '.join(map(str, taus))}.",
         "",
-        "| model | method | held-out loss | special-token mass | mIoU | s/image |",
-        "|---|---|---|---|---|---|",
+        "Held-out losses compare only between models with the same latent (each latent has its own VAE).",
+        "",
+        "| model | latent | method | held-out loss | special-token mass | mIoU | s/image |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         mass = f"{r['special_token_mass']:.3f}" if r["special_token_mass"] is not None else "–"
         hl = f"{r['heldout_loss']:.4f}" if r.get("heldout_loss") is not None else "–"
         lines.append(
-            f"| {r['model']} | {r['method']} | {hl} | {mass} | {r['miou']:.1f} | {r['seconds_per_image']:.2f} |"
+            f"| {r['model']} | {r.get('latent', 16)}² | {r['method']} | {hl} | {mass} | {r['miou']:.1f} "
+            f"| {r['seconds_per_image']:.2f} |"
         )
     names = [c.name for c in CLASSES]
     lines += [
@@ -187,6 +190,9 @@ def plot(results: list[dict], path: Path) -> None:
         d.text((x - 20, h - m + 6), name, fill="black", font=font)
         if hl is not None:
             d.text((x - 24, h - m + 18), f"loss {hl:.3f}", fill="gray", font=font)
+        side = next((r.get("latent") for r in results if r["model"] == name), None)
+        if side is not None:
+            d.text((x - 24, h - m + 30), f"latent {side}²", fill="gray", font=font)
     colours = {"vanilla": (200, 60, 60), "goca": (40, 90, 200)}
     for k, method in enumerate(dict.fromkeys(r["method"] for r in results)):
         pts = [
@@ -199,9 +205,8 @@ def plot(results: list[dict], path: Path) -> None:
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
         d.text((w - 110, 24 + 12 * k), f"- {method}", fill=col, font=font)
     d.text((m, 4), "mIoU (val) per world model", fill="black", font=font)
-    tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def generation_grid(
@@ -242,9 +247,8 @@ def generation_grid(
         lines.append(line)
         for j, ln in enumerate(lines[:3]):
             d.text((x + 2, y + 64 * scale + 2 + 12 * j), ln, fill="black", font=font)
-    tmp = path.with_name(path.name + ".tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
@@ -291,13 +295,14 @@ def run_scaling(args: argparse.Namespace) -> int:
             r = evaluate(model, method, val, rows, args.timestep, tau=args.tau)
             r["model_mtime"] = _mtime(model)
             r["heldout_loss"] = heldout_loss(model)
+            r["latent"] = latent_side(model)
             results.append(r)
             print(
                 f"{model.name} {method}: mIoU {r['miou']:.1f} ({r['seconds_per_image']:.2f} s/image)",
                 flush=True,
             )
-            _atomic_write(out / "results.json", json.dumps(results, indent=1))
-    _atomic_write(out / "table.md", table_markdown(results))
+            atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "table.md", table_markdown(results))
     plot(results, out / "scaling.png")
     if not args.no_grid and models:
         from attnseg.backbones.loading import default_model_name

@@ -200,13 +200,14 @@ def _commit_dir(stage: Path, final: Path) -> None:
 
 
 def train_vae(cfg: TrainConfig, data: WorldData | None = None) -> Path:
-    """Train the shared VAE (once) and save it as a diffusers folder in <out>/vae; return the folder."""
-    final = Path(cfg.out) / "vae"
+    """Train the VAE of the size's latent (once per training folder) and save it as a diffusers folder."""
+    latent = wm.get_size(cfg.size).latent
+    final = wm.vae_folder(cfg.out, latent)
     if (final / "config.json").is_file():
         return final
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else load_split(cfg.data)
-    vae = wm.build_vae(cfg.seed).to(cfg.device)
+    vae = wm.build_vae(cfg.seed, latent).to(cfg.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     n = len(data.captions)
     it = range(cfg.vae_steps)
@@ -547,7 +548,7 @@ def train(cfg: TrainConfig) -> Trainer:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world train` to a parser."""
     d = TrainConfig()
-    p.add_argument("--size", default="s", choices=[k for k in wm.SIZES if k != "xs"])
+    p.add_argument("--size", default="s", choices=[k for k in wm.SIZES if not k.startswith("xs")])
     p.add_argument("--steps", type=int, default=None, help="total steps (default: the size's)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

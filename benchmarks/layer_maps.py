@@ -1,0 +1,87 @@
+"""How good each cross-attention layer's class maps are on their own, against the layer aggregations.
+
+    attnseg world render --split test --n 200 --seed 0 --out world-data/tune
+    python benchmarks/layer_maps.py [--model world-l] --root world-data/tune --n 100 [--timestep T] [--set key=value]
+
+Prints a Markdown table: for every layer that reads cross-attention (its name and grid), goca's mIoU with all the
+layer weight on that layer, the mean IoU of stuff and of things, and the share of thing pixels given the right
+thing; then the same for goca's layer aggregation and for the mean over layers. One denoiser forward per scene
+serves every row. Oracle class prompts (the classes present), τ 0, the model's own settings unless overridden.
+It tells which resolution carries the text's layout: on the world models of a 16² latent the 8² layers do
+(docs/WORLD.md, "A 32² latent").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from attnseg import Segmentor
+from attnseg.cli import parse_settings, setting_pair
+from attnseg.method.labels import upsample
+from attnseg.method.pipeline import run_method
+from attnseg.prompts import parse_classes
+from attnseg.world.render import CLASSES
+from attnseg.world.scaling import N_IDS, WORLD_TAU, read_rows, thing_pixels
+from attnseg.world.tune import model_folder
+
+
+def scores(conf: np.ndarray) -> dict:
+    """mIoU, stuff and thing IoU (means over the classes present) and the right-thing share of a confusion."""
+    iou = {}
+    for c in CLASSES:
+        if conf[c.id].sum():
+            tp = conf[c.id, c.id]
+            iou[c.id] = tp / (conf[c.id].sum() + conf[:, c.id].sum() - tp)
+    kind = {c.id: c.kind for c in CLASSES}
+    mean = lambda k: 100 * float(np.mean([v for c, v in iou.items() if kind[c] == k]))  # noqa: E731
+    return {"miou": 100 * float(np.mean(list(iou.values()))), "stuff": mean("stuff"), "things": mean("thing"),
+            "right_thing": thing_pixels(conf)["right_thing"]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="a shipped world model's name or a model folder (default: the embedded default)")
+    parser.add_argument("--root", default="world-data/tune", help="a world split (not the val split you report)")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--timestep", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    root = Path(args.root)
+    overrides = {"tau": WORLD_TAU} | parse_settings(args.overrides) | {"layer_aggregation": "goca"}
+    seg = Segmentor.from_pretrained(str(model_folder(args.model)), device="cpu", dtype="float32", **overrides)
+    if args.timestep is not None:
+        seg.backbone.preset = dataclasses.replace(seg.backbone.preset, timestep=args.timestep)
+    names = {c.id: c.name for c in CLASSES}
+    rows, confs, layers = read_rows(root, args.n), {}, None
+    for r in rows:
+        ids = list(r["present"])
+        plan = seg.builder.build(parse_classes([names[i] for i in ids]), [])[0]
+        pixels = seg._pixels([Image.open(root / r["image"]).convert("RGB")])
+        captured, _ = seg.backbone.capture(pixels, [plan.text], plan.n_tokens, seg.config, torch.Generator().manual_seed(0))
+        n_layers = len(captured.grids)
+        layers = layers or [f"{name} ({h}²)" for name, (h, _) in zip(captured.layer_names, captured.grids)]
+        # goca's layer weights are max(score, 0) normalised, so one-hot scores put all the weight on one layer
+        variants = {name: torch.eye(n_layers)[i][None] for i, name in enumerate(layers)}
+        variants |= {"goca's layer aggregation": captured.layer_scores, "mean over layers": torch.ones(1, n_layers)}
+        gt = np.asarray(Image.open(root / r["mask"])).astype(np.int64)
+        lut = np.array(ids)
+        for name, layer_scores in variants.items():
+            out = run_method(dataclasses.replace(captured, layer_scores=layer_scores), plan.layout, seg.config)
+            pred = lut[upsample(out.class_maps.float(), gt.shape)[0].argmax(0).numpy()]
+            conf = confs.setdefault(name, np.zeros((N_IDS, N_IDS), np.int64))
+            conf += np.bincount(gt.ravel() * N_IDS + pred.ravel(), minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
+    print(f"{model_folder(args.model).name}, t = {seg.backbone.preset.timestep}, {len(rows)} scenes of {root}\n")
+    print("| class maps from | mIoU | stuff IoU | things IoU | right thing |\n|---|---|---|---|---|")
+    for name, conf in confs.items():
+        s = scores(conf)
+        print(f"| {name} | {s['miou']:.1f} | {s['stuff']:.1f} | {s['things']:.1f} | {s['right_thing']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
