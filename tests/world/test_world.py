@@ -217,13 +217,16 @@ def test_scaling_lists_models_by_latent_and_tables_them(tmp_path, tiny_world):
     assert [m.name for m in models] == ["world-xs", "world-xs32"]  # the 16² family first
     parser = argparse.ArgumentParser()
     add_scaling_arguments(parser)
-    args = parser.parse_args(["--val", str(tmp_path / "val"), "--n", "2", "--no-grid", "--out", str(tmp_path / "out"),
-                              "--models", *map(str, models)])  # fmt: skip
-    assert run_scaling(args) == 0
+    argv = ["--val", str(tmp_path / "val"), "--n", "2", "--no-grid", "--out", str(tmp_path / "out")]
+    assert run_scaling(parser.parse_args([*argv, "--models", str(models[1])])) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    # --resume evaluates the new model and keeps the finished rows, in results.json too
+    assert run_scaling(parser.parse_args([*argv, "--resume", "--models", *map(str, models)])) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [(r["model"], r["latent"], r["method"]) for r in results] == [
         ("world-xs", 16, "vanilla"), ("world-xs", 16, "goca"), ("world-xs32", 32, "vanilla"), ("world-xs32", 32, "goca")
     ]  # fmt: skip
+    assert results[2:] == first  # reused as they were, not evaluated again
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| world-xs32 | 32² | goca |" in table and (tmp_path / "out" / "scaling.png").stat().st_size > 0
 

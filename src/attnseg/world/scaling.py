@@ -192,17 +192,20 @@ def plot(results: list[dict], path: Path) -> None:
             d.text((x - 24, h - m + 18), f"loss {hl:.3f}", fill="gray", font=font)
         side = next((r.get("latent") for r in results if r["model"] == name), None)
         if side is not None:
-            d.text((x - 24, h - m + 30), f"latent {side}²", fill="gray", font=font)
+            d.text((x - 24, h - m + 30), f"latent {side}x{side}", fill="gray", font=font)
     colours = {"vanilla": (200, 60, 60), "goca": (40, 90, 200)}
     for k, method in enumerate(dict.fromkeys(r["method"] for r in results)):
-        pts = [
-            (xs[r["model"]], h - m - (h - m - 20) * r["miou"] / 100) for r in results if r["method"] == method
-        ]
         col = colours.get(method, (60, 160, 60))
-        if len(pts) > 1:
-            d.line(pts, fill=col, width=2)
-        for x, y in pts:
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
+        for side in dict.fromkeys(r.get("latent") for r in results):  # one line per latent: one family
+            pts = [
+                (xs[r["model"]], h - m - (h - m - 20) * r["miou"] / 100)
+                for r in results
+                if r["method"] == method and r.get("latent") == side
+            ]
+            if len(pts) > 1:
+                d.line(pts, fill=col, width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=col)
         d.text((w - 110, 24 + 12 * k), f"- {method}", fill=col, font=font)
     d.text((m, 4), "mIoU (val) per world model", fill="black", font=font)
     with atomic_path(path) as tmp:
@@ -302,6 +305,7 @@ def run_scaling(args: argparse.Namespace) -> int:
                 flush=True,
             )
             atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))  # resumed rows too
     atomic_write_text(out / "table.md", table_markdown(results))
     plot(results, out / "scaling.png")
     if not args.no_grid and models:
