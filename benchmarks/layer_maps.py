@@ -27,21 +27,16 @@ from attnseg.method.labels import upsample
 from attnseg.method.pipeline import run_method
 from attnseg.prompts import parse_classes
 from attnseg.world.render import CLASSES
-from attnseg.world.scaling import N_IDS, WORLD_TAU, read_rows, thing_pixels
+from attnseg.world.scaling import (
+    N_IDS,
+    WORLD_TAU,
+    add_confusion,
+    kind_means,
+    per_class_iou,
+    read_rows,
+    thing_pixels,
+)
 from attnseg.world.tune import model_folder
-
-
-def scores(conf: np.ndarray) -> dict:
-    """mIoU, stuff and thing IoU (means over the classes present) and the right-thing share of a confusion."""
-    iou = {}
-    for c in CLASSES:
-        if conf[c.id].sum():
-            tp = conf[c.id, c.id]
-            iou[c.id] = tp / (conf[c.id].sum() + conf[:, c.id].sum() - tp)
-    kind = {c.id: c.kind for c in CLASSES}
-    mean = lambda k: 100 * float(np.mean([v for c, v in iou.items() if kind[c] == k]))  # noqa: E731
-    return {"miou": 100 * float(np.mean(list(iou.values()))), "stuff": mean("stuff"), "things": mean("thing"),
-            "right_thing": thing_pixels(conf)["right_thing"]}  # fmt: skip
 
 
 def main() -> None:
@@ -74,13 +69,13 @@ def main() -> None:
         for name, layer_scores in variants.items():
             out = run_method(dataclasses.replace(captured, layer_scores=layer_scores), plan.layout, seg.config)
             pred = lut[upsample(out.class_maps.float(), gt.shape)[0].argmax(0).numpy()]
-            conf = confs.setdefault(name, np.zeros((N_IDS, N_IDS), np.int64))
-            conf += np.bincount(gt.ravel() * N_IDS + pred.ravel(), minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
+            add_confusion(confs.setdefault(name, np.zeros((N_IDS, N_IDS), np.int64)), gt, pred)
     print(f"{model_folder(args.model).name}, t = {seg.backbone.preset.timestep}, {len(rows)} scenes of {root}\n")
     print("| class maps from | mIoU | stuff IoU | things IoU | right thing |\n|---|---|---|---|---|")
     for name, conf in confs.items():
-        s = scores(conf)
-        print(f"| {name} | {s['miou']:.1f} | {s['stuff']:.1f} | {s['things']:.1f} | {s['right_thing']:.2f} |")
+        per = per_class_iou(conf)
+        kinds, right = kind_means(per), thing_pixels(conf)["right_thing"]
+        print(f"| {name} | {np.mean(list(per.values())):.1f} | {kinds['stuff_iou']:.1f} | {kinds['things_iou']:.1f} | {right:.2f} |")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from attnseg.cli import parse_settings, setting_pair
-from attnseg.world.render import CLASSES
-from attnseg.world.scaling import evaluate, read_rows
+from attnseg.world.scaling import evaluate, kind_means, read_rows
 from attnseg.world.tune import model_folder
 
 
@@ -36,14 +33,10 @@ def main() -> None:
     root = Path(args.root)
     overrides = parse_settings(args.overrides)
     r = evaluate(model_folder(args.model), args.method, root, read_rows(root, args.n), args.timestep, **overrides)
-    iou = r["per_class_iou"]
-    kinds = {c.name: c.kind for c in CLASSES}
     line = {
         "model": args.model, "method": args.method, "timestep": r["timestep"], "settings": overrides,
         "miou": round(r["miou"], 1),
-        "stuff_iou": round(float(np.mean([v for k, v in iou.items() if kinds[k] == "stuff"])), 1),
-        "things_iou": round(float(np.mean([v for k, v in iou.items() if kinds[k] == "thing"])), 1),
-    } | {k: round(v, 3) for k, v in r["thing_pixels"].items()}  # fmt: skip
+    } | {k: round(v, 1) for k, v in kind_means(r["per_class_iou"]).items()} | {k: round(v, 3) for k, v in r["thing_pixels"].items()}  # fmt: skip
     print(json.dumps(line))
 
 

@@ -293,7 +293,7 @@ def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(
 
 def test_thing_pixels_splits_thing_pixels_by_where_they_went():
     from attnseg.world.render import CLASS_BY_NAME
-    from attnseg.world.scaling import thing_pixels
+    from attnseg.world.scaling import kind_means, per_class_iou, thing_pixels
 
     n = max(c.id for c in render.CLASSES) + 1
     star, heart, sky, grass = (CLASS_BY_NAME[k].id for k in ("star", "heart", "sky", "grass"))
@@ -303,6 +303,9 @@ def test_thing_pixels_splits_thing_pixels_by_where_they_went():
     assert thing_pixels(conf) == pytest.approx(
         {"right_thing": 0.5, "other_thing": 0.2, "stuff": 0.2, "background": 0.1, "stuff_taken_by_things": 0.25}
     )
+    iou = per_class_iou(conf)  # only the classes in the truth, in %
+    assert iou == pytest.approx({"sky": 100 * 15 / 17, "grass": 0.0, "star": 100 * 5 / 12, "heart": 0.0})
+    assert kind_means(iou) == pytest.approx({"stuff_iou": 50 * 15 / 17, "things_iou": 50 * 5 / 12})
 
 
 @pytest.mark.parametrize("mask_pads", [True, False])

@@ -81,26 +81,18 @@ def evaluate(
         pred_local = out.labels.numpy()
         lut = np.array([0] + ids, np.int64)
         pred = lut[pred_local]
-        keep = gt != 255
-        conf += np.bincount(gt[keep].astype(np.int64) * N_IDS + pred[keep], minlength=N_IDS * N_IDS).reshape(
-            N_IDS, N_IDS
-        )
+        add_confusion(conf, gt, pred)
         diag = out.meta.get("diagnostics") or []
         if diag and "special_token_mass" in diag[0]:
             mass.append(float(np.mean([d["special_token_mass"] for d in diag])))
     seconds = (time.perf_counter() - t0) / max(1, len(rows))
-    per = {}
-    for c in CLASSES:
-        tp = conf[c.id, c.id]
-        den = conf[c.id, :].sum() + conf[:, c.id].sum() - tp
-        if conf[c.id, :].sum() > 0:
-            per[c.name] = float(tp / den) if den else 0.0
+    per = per_class_iou(conf)
     return {
         "model": model.name,
         "method": method,
         "timestep": seg.backbone.preset.timestep,
-        "miou": 100 * float(np.mean(list(per.values()))),
-        "per_class_iou": {k: 100 * v for k, v in per.items()},
+        "miou": float(np.mean(list(per.values()))),
+        "per_class_iou": per,
         "special_token_mass": float(np.mean(mass)) if mass else None,
         "thing_pixels": thing_pixels(conf),
         "seconds_per_image": seconds,
@@ -108,6 +100,31 @@ def evaluate(
         "overrides": {k: str(v) for k, v in overrides.items()},
         "tau": seg.config.tau,
     }
+
+
+def add_confusion(conf: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
+    """Add one scene's (truth, prediction) pairs of world ids to `conf[truth, prediction]`; void (255) left out."""
+    keep = gt != 255
+    pairs = gt[keep].astype(np.int64) * N_IDS + pred[keep].astype(np.int64)
+    conf += np.bincount(pairs, minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
+
+
+def per_class_iou(conf: np.ndarray) -> dict[str, float]:
+    """IoU % of every class that occurs in the truth of `conf[truth, prediction]`, by class name."""
+    per = {}
+    for c in CLASSES:
+        tp = conf[c.id, c.id]
+        den = conf[c.id, :].sum() + conf[:, c.id].sum() - tp
+        if conf[c.id, :].sum() > 0:
+            per[c.name] = 100 * float(tp / den) if den else 0.0
+    return per
+
+
+def kind_means(per_class: dict[str, float]) -> dict[str, float]:
+    """Mean IoU of the stuff classes and of the thing classes among `per_class` (name → IoU)."""
+    kinds = {c.name: c.kind for c in CLASSES}
+    mean = lambda kind: float(np.mean([v for k, v in per_class.items() if kinds[k] == kind]))  # noqa: E731
+    return {"stuff_iou": mean("stuff"), "things_iou": mean("thing")}
 
 
 def thing_pixels(conf: np.ndarray) -> dict:
