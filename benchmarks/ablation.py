@@ -39,14 +39,30 @@ def main() -> None:
     parser.add_argument("--protocol", default="oracle-tags", choices=["oracle-tags", "open"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--tau", type=float, default=WORLD_TAU, help="background threshold (default 0, as the study)")
+    parser.add_argument(
+        "--tau", type=float, default=WORLD_TAU, help="background threshold (default 0, as the study)"
+    )
     args = parser.parse_args()
     out = Path(args.out) / args.protocol
     rows = []
     for name, (method, settings) in VARIANTS.items():
         run = out / name.split(" (")[0].strip("− ").replace(" ", "-")
-        cmd = ["eval", "--dataset", "world", "--root", args.root, "--out", str(run), "--method", method,
-               "--protocol", args.protocol, "--tau", str(args.tau), "--no-progress"]  # fmt: skip
+        cmd = [
+            "eval",
+            "--dataset",
+            "world",
+            "--root",
+            args.root,
+            "--out",
+            str(run),
+            "--method",
+            method,
+            "--protocol",
+            args.protocol,
+            "--tau",
+            str(args.tau),
+            "--no-progress",
+        ]
         for setting in settings:
             cmd += ["--set", setting]
         for flag, value in (("--model", args.model), ("--limit", args.limit), ("--device", args.device)):
@@ -56,8 +72,12 @@ def main() -> None:
             raise SystemExit(f"variant {name!r} failed")
         metrics = json.loads((run / "metrics.json").read_text())
         rows.append((name, 100 * metrics["mIoU"], 100 * metrics["pixel_accuracy"]))
-    lines = [f"Ablation on {args.root} ({args.protocol}, τ {args.tau}, model {args.model or 'embedded default'})", "",
-             "| variant | mIoU | pixel acc. |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Ablation on {args.root} ({args.protocol}, τ {args.tau}, model {args.model or 'embedded default'})",
+        "",
+        "| variant | mIoU | pixel acc. |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {miou:.1f} | {acc:.1f} |" for name, miou, acc in rows]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -45,15 +45,19 @@ def main() -> None:
         t = time.perf_counter()
         seg.segment(Image.fromarray(scene.image), [names[i] for i in scene.present])
         times.append(time.perf_counter() - t)
-    print(json.dumps({
-        "model": args.model or "embedded default",
-        "import_s": round(IMPORT_S, 2),
-        "load_s": round(load_s, 2),
-        "first_segment_s": round(times[0], 3),
-        "segment_s": round(sum(times[1:]) / max(len(times) - 1, 1), 3),
-        "threads": args.threads,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "model": args.model or "embedded default",
+                "import_s": round(IMPORT_S, 2),
+                "load_s": round(load_s, 2),
+                "first_segment_s": round(times[0], 3),
+                "segment_s": round(sum(times[1:]) / max(len(times) - 1, 1), 3),
+                "threads": args.threads,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,11 +41,19 @@ from attnseg.world.tune import model_folder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a shipped world model's name or a model folder (default: the embedded default)")
-    parser.add_argument("--root", default="world-data/tune", help="a world split (not the val split you report)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a shipped world model's name or a model folder (default: the embedded default)",
+    )
+    parser.add_argument(
+        "--root", default="world-data/tune", help="a world split (not the val split you report)"
+    )
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--timestep", type=int, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE"
+    )
     args = parser.parse_args()
     root = Path(args.root)
     overrides = {"tau": WORLD_TAU} | parse_settings(args.overrides) | {"layer_aggregation": "goca"}
@@ -58,24 +66,35 @@ def main() -> None:
         ids = list(r["present"])
         plan = seg.builder.build(parse_classes([names[i] for i in ids]), [])[0]
         pixels = seg._pixels([Image.open(root / r["image"]).convert("RGB")])
-        captured, _ = seg.backbone.capture(pixels, [plan.text], plan.n_tokens, seg.config, torch.Generator().manual_seed(0))
+        captured, _ = seg.backbone.capture(
+            pixels, [plan.text], plan.n_tokens, seg.config, torch.Generator().manual_seed(0)
+        )
         n_layers = len(captured.grids)
         layers = layers or [f"{name} ({h}²)" for name, (h, _) in zip(captured.layer_names, captured.grids)]
         # goca's layer weights are max(score, 0) normalised, so one-hot scores put all the weight on one layer
         variants = {name: torch.eye(n_layers)[i][None] for i, name in enumerate(layers)}
-        variants |= {"goca's layer aggregation": captured.layer_scores, "mean over layers": torch.ones(1, n_layers)}
+        variants |= {
+            "goca's layer aggregation": captured.layer_scores,
+            "mean over layers": torch.ones(1, n_layers),
+        }
         gt = np.asarray(Image.open(root / r["mask"])).astype(np.int64)
         lut = np.array(ids)
         for name, layer_scores in variants.items():
-            out = run_method(dataclasses.replace(captured, layer_scores=layer_scores), plan.layout, seg.config)
+            out = run_method(
+                dataclasses.replace(captured, layer_scores=layer_scores), plan.layout, seg.config
+            )
             pred = lut[upsample(out.class_maps.float(), gt.shape)[0].argmax(0).numpy()]
             add_confusion(confs.setdefault(name, np.zeros((N_IDS, N_IDS), np.int64)), gt, pred)
-    print(f"{model_folder(args.model).name}, t = {seg.backbone.preset.timestep}, {len(rows)} scenes of {root}\n")
+    print(
+        f"{model_folder(args.model).name}, t = {seg.backbone.preset.timestep}, {len(rows)} scenes of {root}\n"
+    )
     print("| class maps from | mIoU | stuff IoU | things IoU | right thing |\n|---|---|---|---|---|")
     for name, conf in confs.items():
         per = per_class_iou(conf)
         kinds, right = kind_means(per), thing_pixels(conf)["right_thing"]
-        print(f"| {name} | {np.mean(list(per.values())):.1f} | {kinds['stuff_iou']:.1f} | {kinds['things_iou']:.1f} | {right:.2f} |")
+        print(
+            f"| {name} | {np.mean(list(per.values())):.1f} | {kinds['stuff_iou']:.1f} | {kinds['things_iou']:.1f} | {right:.2f} |"
+        )
 
 
 if __name__ == "__main__":

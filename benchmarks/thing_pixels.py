@@ -23,20 +23,37 @@ from attnseg.world.tune import model_folder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a shipped world model's name or a model folder (default: the embedded default)")
-    parser.add_argument("--root", default="world-data/tune", help="a world split (not the val split you report)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a shipped world model's name or a model folder (default: the embedded default)",
+    )
+    parser.add_argument(
+        "--root", default="world-data/tune", help="a world split (not the val split you report)"
+    )
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--method", default="goca")
     parser.add_argument("--timestep", type=int, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE"
+    )
     args = parser.parse_args()
     root = Path(args.root)
     overrides = parse_settings(args.overrides)
-    r = evaluate(model_folder(args.model), args.method, root, read_rows(root, args.n), args.timestep, **overrides)
-    line = {
-        "model": args.model, "method": args.method, "timestep": r["timestep"], "settings": overrides,
-        "miou": round(r["miou"], 1),
-    } | {k: round(v, 1) for k, v in kind_means(r["per_class_iou"]).items()} | {k: round(v, 3) for k, v in r["thing_pixels"].items()}  # fmt: skip
+    r = evaluate(
+        model_folder(args.model), args.method, root, read_rows(root, args.n), args.timestep, **overrides
+    )
+    line = (
+        {
+            "model": args.model,
+            "method": args.method,
+            "timestep": r["timestep"],
+            "settings": overrides,
+            "miou": round(r["miou"], 1),
+        }
+        | {k: round(v, 1) for k, v in kind_means(r["per_class_iou"]).items()}
+        | {k: round(v, 3) for k, v in r["thing_pixels"].items()}
+    )
     print(json.dumps(line))
 
 

@@ -40,12 +40,30 @@ def test_attend_streams_what_stored_maps_would_give():
     q, k_txt, v_txt = torch.randn(b, h, p, d), torch.randn(b, h, n, d), torch.randn(b, h, n, d)
     k_img, v_img = torch.randn(b, h, p, d), torch.randn(b, h, p, d)
     weight = torch.randn(6, h * d)
-    store = CaptureStore((4, 4), keep_tokens=3, map_size=(4, 4), reference_grid=(4, 4), propagation_layers={"L"})
+    store = CaptureStore(
+        (4, 4), keep_tokens=3, map_size=(4, 4), reference_grid=(4, 4), propagation_layers={"L"}
+    )
     feature = torch.randn(b, p, 8)
     store.set_reference(feature, (4, 4))
-    out_cross = attend(q, k_txt, v_txt, scale=d**-0.5, mask=None, store=store, out_proj_weight=weight,
-                       plan=AttentionPlan("L", read_cross=True, text_keys=slice(None)))  # fmt: skip
-    attend(q, k_img, v_img, scale=d**-0.5, mask=None, store=store, plan=AttentionPlan("L", read_self=True, image_keys=slice(None)))
+    out_cross = attend(
+        q,
+        k_txt,
+        v_txt,
+        scale=d**-0.5,
+        mask=None,
+        store=store,
+        out_proj_weight=weight,
+        plan=AttentionPlan("L", read_cross=True, text_keys=slice(None)),
+    )
+    attend(
+        q,
+        k_img,
+        v_img,
+        scale=d**-0.5,
+        mask=None,
+        store=store,
+        plan=AttentionPlan("L", read_self=True, image_keys=slice(None)),
+    )
     probs = (q @ k_txt.transpose(-1, -2) * d**-0.5).softmax(-1)
     assert torch.allclose(out_cross, probs @ v_txt, atol=1e-5)
     full = aggregate_heads(probs, None)
@@ -63,11 +81,21 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
     torch.manual_seed(1)
     b, h, n, p, d = 1, 2, 3, 4, 4  # joint sequence: [text (3), image (4)]
     q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
-    store = CaptureStore((2, 2), keep_tokens=3, map_size=(2, 2), reference_grid=(2, 2), propagation_layers=propagation)
+    store = CaptureStore(
+        (2, 2), keep_tokens=3, map_size=(2, 2), reference_grid=(2, 2), propagation_layers=propagation
+    )
     store.set_reference(torch.randn(b, p, 5), (2, 2))
-    plan = AttentionPlan("J", read_cross=True, read_self=True, image_queries=slice(n, n + p),
-                         text_keys=slice(0, n), image_keys=slice(n, n + p))  # fmt: skip
-    out = attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, store=store, out_proj_weight=torch.randn(5, h * d))
+    plan = AttentionPlan(
+        "J",
+        read_cross=True,
+        read_self=True,
+        image_queries=slice(n, n + p),
+        text_keys=slice(0, n),
+        image_keys=slice(n, n + p),
+    )
+    out = attend(
+        q, k, v, scale=d**-0.5, mask=None, plan=plan, store=store, out_proj_weight=torch.randn(5, h * d)
+    )
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.allclose(out, reference, atol=1e-5)  # text rows and image rows both exact
     logits = q[:, :, n:] @ k.transpose(-1, -2) * d**-0.5
@@ -75,7 +103,9 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
     cross = logits[..., :n].softmax(-1).mean(1)
     assert torch.allclose(captured.cross["mean"][0][..., :3], cross, atol=1e-6)
     self_attn = logits[..., n:].softmax(-1).mean(1)
-    assert torch.allclose(captured.layer_scores[0, 0], layer_similarity(store.reference, self_attn)[0], atol=1e-5)
+    assert torch.allclose(
+        captured.layer_scores[0, 0], layer_similarity(store.reference, self_attn)[0], atol=1e-5
+    )
     if propagation:
         assert torch.allclose(captured.affinity, self_attn, atol=1e-6)
     else:
@@ -86,10 +116,20 @@ def test_scoring_only_layers_compute_just_the_reference_rows():
     torch.manual_seed(2)
     b, h, p, d = 1, 2, 64, 4  # an 8×8 layer scored against a 4×4 reference
     q, k, v = (torch.randn(b, h, p, d) for _ in range(3))
-    store = CaptureStore((8, 8), keep_tokens=2, map_size=(8, 8), reference_grid=(4, 4), propagation_layers=set())
+    store = CaptureStore(
+        (8, 8), keep_tokens=2, map_size=(8, 8), reference_grid=(4, 4), propagation_layers=set()
+    )
     store.set_reference(torch.randn(b, 16, 6), (4, 4))
     store.add_cross("S", torch.softmax(torch.randn(b, h, p, 3), -1), torch.full((b, h, p), 0.5), (8, 8))
-    out = attend(q, k, v, scale=d**-0.5, mask=None, store=store, plan=AttentionPlan("S", read_self=True, image_keys=slice(None)))
+    out = attend(
+        q,
+        k,
+        v,
+        scale=d**-0.5,
+        mask=None,
+        store=store,
+        plan=AttentionPlan("S", read_self=True, image_keys=slice(None)),
+    )
     assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
     full = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
     expected = layer_similarity(store.reference, resize_self_attention(full, (8, 8), (4, 4), True))
@@ -115,8 +155,9 @@ def test_propagation_layers_knob_picks_the_last_finest_decoder_layers(tiny_sd):
     backbone = load_backbone(tiny_sd)
     everything = backbone.capture_plan((16, 16), method_config("goca"))
     assert everything.propagation_layers == {
-        "up_blocks.2.attentions.0.transformer_blocks.0", "up_blocks.2.attentions.1.transformer_blocks.0"
-    }  # fmt: skip
+        "up_blocks.2.attentions.0.transformer_blocks.0",
+        "up_blocks.2.attentions.1.transformer_blocks.0",
+    }
     last = backbone.capture_plan((16, 16), method_config("goca", propagation_layers=1))
     assert last.propagation_layers == {"up_blocks.2.attentions.1.transformer_blocks.0"}
     assert not backbone.capture_plan((16, 16), method_config("goca", refine="none")).propagation_layers

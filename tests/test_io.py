@@ -24,7 +24,9 @@ def test_missing_non_image_and_truncated(tmp_path):
     with pytest.raises(BadImageError, match="not an image"):
         load_image(text)
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buf, format="PNG"
+    )
     cut = tmp_path / "cut.png"
     cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(BadImageError, match="truncated or corrupt"):

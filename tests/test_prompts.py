@@ -17,18 +17,38 @@ def word_level_tokenizer():
 
     words = ["<s>", "</s>", "<unk>", "a", "photo", "of", "cat", "red", "ball", "and", ",", "."]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
 
 
 def t5_like_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import T5TokenizerFast
 
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0), ("▁a", -3.0), ("▁photo", -3.0),
-             ("▁of", -3.0), ("cat", -3.0), ("▁cat", -9.0), ("▁red", -3.0), ("▁ball", -3.0), ("▁and", -3.0),
-             (",", -3.0), (".", -3.0), ("s", -4.0)]  # fmt: skip
+    vocab = [
+        ("<pad>", 0.0),
+        ("</s>", 0.0),
+        ("<unk>", 0.0),
+        ("▁", -2.0),
+        ("▁a", -3.0),
+        ("▁photo", -3.0),
+        ("▁of", -3.0),
+        ("cat", -3.0),
+        ("▁cat", -9.0),
+        ("▁red", -3.0),
+        ("▁ball", -3.0),
+        ("▁and", -3.0),
+        (",", -3.0),
+        (".", -3.0),
+        ("s", -4.0),
+    ]
     tok = Tokenizer(models.Unigram(vocab, unk_id=2))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     from tokenizers import processors
@@ -41,7 +61,13 @@ def test_parse_classes_synonyms_and_errors():
     specs = parse_classes("person|man|woman, grass")
     assert specs[0].name == "person" and specs[0].synonyms == ("person", "man", "woman")
     assert specs[1].synonyms == ("grass",)
-    for bad, needle in [([], "no class"), (["cat", "  "], "empty"), (["cat", "Cat"], "twice"), (["a|"], "empty"), ("cat,,dog", "empty")]:
+    for bad, needle in [
+        ([], "no class"),
+        (["cat", "  "], "empty"),
+        (["cat", "Cat"], "twice"),
+        (["a|"], "empty"),
+        ("cat,,dog", "empty"),
+    ]:
         with pytest.raises(BadClassesError, match=needle):
             parse_classes(bad)
 
@@ -100,6 +126,8 @@ def test_name_without_content_word_is_refused(clip_tokenizer):
 
 
 def test_background_words_in_every_prompt(clip_tokenizer):
-    plans = PromptBuilder(clip_tokenizer, 30).build(parse_classes(["cat", "grass", "wall", "tree", "road"]), parse_classes(["sky"]))
+    plans = PromptBuilder(clip_tokenizer, 30).build(
+        parse_classes(["cat", "grass", "wall", "tree", "road"]), parse_classes(["sky"])
+    )
     assert len(plans) > 1 and all("sky" in p.token_spans for p in plans)
     assert all(len(p.layout.background_tokens) == 1 for p in plans)

@@ -28,7 +28,12 @@ def test_api_segment_sd(sd_segmentor, random_image, tmp_path):
     assert len(weights) == 7 and abs(sum(weights) - 1) < 1e-5
     assert result.meta["seed"] == 3 and result.meta["model"]["family"] == "sd"
     folder = result.save(tmp_path / "img")
-    assert sorted(p.name for p in folder.iterdir()) == ["labels.png", "overlay.png", "result.json", "scores.npz"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "labels.png",
+        "overlay.png",
+        "result.json",
+        "scores.npz",
+    ]
     saved = json.loads((folder / "result.json").read_text())
     assert saved["classes"] == ["cat", "grass", "wall"] and saved["prompts"][0]["token_spans"]["lawn"]
     labels = Image.open(folder / "labels.png")
@@ -80,7 +85,21 @@ def test_many_classes_are_split_and_recorded(tiny_sd, random_image):
 def test_cli_segment_writes_outputs(tiny_sd, random_image, tmp_path):
     a = tmp_path / "a.png"
     random_image.save(a)
-    rc = main(["segment", str(a), "--classes", "cat,wall", "--model", str(tiny_sd), "--out", str(tmp_path / "out"), "--quiet", "--seed", "7"])
+    rc = main(
+        [
+            "segment",
+            str(a),
+            "--classes",
+            "cat,wall",
+            "--model",
+            str(tiny_sd),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--seed",
+            "7",
+        ]
+    )
     assert rc == 0
     meta = json.loads((tmp_path / "out" / "a" / "result.json").read_text())
     assert meta["seed"] == 7 and meta["image"] == str(a)
@@ -153,7 +172,9 @@ def test_hub_id_not_in_cache_says_where_it_looked(tmp_path, monkeypatch):
 def test_model_defaults_from_attnseg_json(tiny_sd, tmp_path, random_image):
     folder = tmp_path / "with_defaults"
     shutil.copytree(tiny_sd, folder)
-    (folder / "attnseg.json").write_text(json.dumps({"preset": {"timestep": 250}, "method": {"tau": 0.3}, "template": "{} here."}))
+    (folder / "attnseg.json").write_text(
+        json.dumps({"preset": {"timestep": 250}, "method": {"tau": 0.3}, "template": "{} here."})
+    )
     seg = Segmentor.from_pretrained(folder)
     assert seg.backbone.preset.timestep == 250 and seg.config.tau == 0.3 and seg.template == "{} here."
     assert Segmentor.from_pretrained(folder, tau=0.7).config.tau == 0.7  # the caller wins
@@ -182,7 +203,9 @@ def test_hub_id_loads_from_the_local_cache_without_network(tiny_sd, tmp_path, mo
     (cache / "models--someone--tiny-sd" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub._snapshot_download.constants.HF_HUB_CACHE", str(cache), raising=False)
+    monkeypatch.setattr(
+        "huggingface_hub._snapshot_download.constants.HF_HUB_CACHE", str(cache), raising=False
+    )
     seg = Segmentor.from_pretrained("someone/tiny-sd")
     assert seg.backbone.model_id == "someone/tiny-sd"
     assert seg.segment(random_image, ["cat"]).meta["model"]["model_id"] == "someone/tiny-sd"

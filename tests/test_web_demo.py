@@ -24,7 +24,9 @@ def server(tiny_sd):
 
 
 def _post(url, data):
-    req = urllib.request.Request(url + "/api/segment", json.dumps(data).encode(), {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + "/api/segment", json.dumps(data).encode(), {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())

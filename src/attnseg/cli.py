@@ -16,7 +16,9 @@ def setting_pair(text: str) -> tuple[str, object]:
     """One `--set KEY=VALUE`, the value read as JSON where it parses (numbers, true/false, lists)."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (e.g. --set head_aggregation=mean)")
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, got {text!r} (e.g. --set head_aggregation=mean)"
+        )
     try:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
@@ -35,21 +37,48 @@ def parse_settings(pairs: list[tuple[str, object]], tau: float | None = None) ->
 
 def add_loading_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How a model is loaded and which method runs on it: the options `segment` and `eval` share."""
-    parser.add_argument("--model", default=None, help="embedded name, diffusers folder, cached hub id, or .safetensors (default: embedded)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="embedded name, diffusers folder, cached hub id, or .safetensors (default: embedded)",
+    )
     parser.add_argument("--method", default="goca", choices=sorted(METHOD_PRESETS), help="method preset")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
-    parser.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp32 on CPU, fp16 on CUDA)")
-    parser.add_argument("--set", dest="overrides", action="append", type=setting_pair, default=[], metavar="KEY=VALUE", help="override a method setting (repeatable)")
-    parser.add_argument("--template", default=None, help=f"prompt template with {{}} for the class list (default: the model's, else {DEFAULT_TEMPLATE!r})")
-    parser.add_argument("--allow-pickle", action="store_true", help="allow pickled (.ckpt/.bin) weights you trust")
-    parser.add_argument("--config", dest="config_folder", default=None, help="diffusers folder with configs for a single-file checkpoint")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 | float16 | bfloat16 (default: fp32 on CPU, fp16 on CUDA)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=setting_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method setting (repeatable)",
+    )
+    parser.add_argument(
+        "--template",
+        default=None,
+        help=f"prompt template with {{}} for the class list (default: the model's, else {DEFAULT_TEMPLATE!r})",
+    )
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickled (.ckpt/.bin) weights you trust"
+    )
+    parser.add_argument(
+        "--config",
+        dest="config_folder",
+        default=None,
+        help="diffusers folder with configs for a single-file checkpoint",
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The loading options and the segment-time ones: threshold, background words, batch size."""
     add_loading_options(parser)
     parser.add_argument("--tau", type=float, default=None, help="background threshold in [0, 1]")
-    parser.add_argument("--background", default="", help="comma-separated background words named in the prompt")
+    parser.add_argument(
+        "--background", default="", help="comma-separated background words named in the prompt"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="images per denoiser forward")
 
 
@@ -59,10 +88,18 @@ def segmentor_from_args(args: argparse.Namespace):
 
     background = [w for w in args.background.split(",") if w.strip()] if args.background else None
     return Segmentor.from_pretrained(
-        args.model, args.method, args.device, args.dtype, template=args.template, background=background,
-        batch_size=args.batch_size, allow_pickle=args.allow_pickle, config_folder=args.config_folder,
-        max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096, **parse_settings(args.overrides, args.tau),
-    )  # fmt: skip
+        args.model,
+        args.method,
+        args.device,
+        args.dtype,
+        template=args.template,
+        background=background,
+        batch_size=args.batch_size,
+        allow_pickle=args.allow_pickle,
+        config_folder=args.config_folder,
+        max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096,
+        **parse_settings(args.overrides, args.tau),
+    )
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -99,25 +136,37 @@ def cmd_models(args: argparse.Namespace) -> int:
         preset = cls.default_preset
         noise = f"sigma {preset.sigma}" if preset.sigma is not None else f"t {preset.timestep}"
         print(f"  {cls.family:13s} {cls.description}")
-        print(f"  {'':13s} pipelines: {', '.join(cls.pipeline_classes)}; native {preset.native_size}px, {noise}")
+        print(
+            f"  {'':13s} pipelines: {', '.join(cls.pipeline_classes)}; native {preset.native_size}px, {noise}"
+        )
     default = default_model_name()
     names = embedded_models()
-    print("Embedded models:", ", ".join(f"{n}{' (default)' if n == default else ''}" for n in names) or "none")
-    print("Also: a local diffusers folder, a hub id already in the HF cache (offline), or an SD1/SDXL .safetensors file.")
+    print(
+        "Embedded models:", ", ".join(f"{n}{' (default)' if n == default else ''}" for n in names) or "none"
+    )
+    print(
+        "Also: a local diffusers folder, a hub id already in the HF cache (offline), or an SD1/SDXL .safetensors file."
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with the world and eval commands when those subpackages are present."""
-    parser = argparse.ArgumentParser(prog="attnseg", description="Training-free segmentation from diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="attnseg", description="Training-free segmentation from diffusion models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment images into named classes")
     seg.add_argument("images", nargs="+", help="image files")
-    seg.add_argument("--classes", required=True, help="comma-separated class names; synonyms with | (person|man|woman)")
+    seg.add_argument(
+        "--classes", required=True, help="comma-separated class names; synonyms with | (person|man|woman)"
+    )
     seg.add_argument("--out", default="attnseg-out", help="output folder (one subfolder per image)")
     seg.add_argument("--seed", type=int, default=0)
-    seg.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger images (raise to allow)")
+    seg.add_argument(
+        "--max-pixels", type=int, default=4096 * 4096, help="refuse larger images (raise to allow)"
+    )
     seg.add_argument("--quiet", action="store_true")
     add_model_options(seg)
     seg.set_defaults(func=cmd_segment)

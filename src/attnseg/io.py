@@ -64,11 +64,15 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except UnidentifiedImageError as exc:
         raise BadImageError(f"{path} is not an image PIL can read (PNG, JPEG, WebP, TIFF, …)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{path} could not be decoded ({exc}); the file is probably truncated or corrupt") from exc
+        raise BadImageError(
+            f"{path} could not be decoded ({exc}); the file is probably truncated or corrupt"
+        ) from exc
     return to_rgb(image)
 
 
-def prepare_image(image: Image.Image, where: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def prepare_image(
+    image: Image.Image, where: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """An in-memory image checked and converted as load_image does."""
     if not isinstance(image, Image.Image):
         raise BadImageError(f"{where} is a {type(image).__name__}, not a PIL image or a path")

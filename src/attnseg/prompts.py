@@ -90,7 +90,9 @@ def _compose(entities: list[str], template: str) -> tuple[str, list[tuple[int, i
 class PromptBuilder:
     """Turns class specs into prompts that fit the text encoder, with token columns from character offsets."""
 
-    def __init__(self, tokenizer, max_tokens: int, template: str = DEFAULT_TEMPLATE, position_offset: int = 0) -> None:
+    def __init__(
+        self, tokenizer, max_tokens: int, template: str = DEFAULT_TEMPLATE, position_offset: int = 0
+    ) -> None:
         if "{}" not in template:
             raise BadClassesError(f"prompt template {template!r} has no '{{}}' where the class names go")
         self.tokenizer = tokenizer
@@ -118,8 +120,12 @@ class PromptBuilder:
                 tokens.append(position)
         return tokens
 
-    def _plan(self, specs: list[ClassSpec], indices: list[int], background: list[ClassSpec]) -> tuple[PromptPlan, int]:
-        entities = [syn for i in indices for syn in specs[i].synonyms] + [s for b in background for s in b.synonyms]
+    def _plan(
+        self, specs: list[ClassSpec], indices: list[int], background: list[ClassSpec]
+    ) -> tuple[PromptPlan, int]:
+        entities = [syn for i in indices for syn in specs[i].synonyms] + [
+            s for b in background for s in b.synonyms
+        ]
         text, spans = _compose(entities, self.template)
         ids, offsets = self._tokenize(text)
         cursor = 0
@@ -155,17 +161,28 @@ class PromptBuilder:
             for syn in spec.synonyms:
                 match = re.search(r"\b" + re.escape(syn.lower()) + r"\b", lowered)
                 if match is None:
-                    raise BadClassesError(f"{syn!r} does not occur in the prompt {text!r}; name words the prompt uses")
-                positions = self._entity_tokens(ids, offsets, text, match.span(), text[match.start() : match.end()])
+                    raise BadClassesError(
+                        f"{syn!r} does not occur in the prompt {text!r}; name words the prompt uses"
+                    )
+                positions = self._entity_tokens(
+                    ids, offsets, text, match.span(), text[match.start() : match.end()]
+                )
                 if not positions:
-                    raise BadClassesError(f"class name {syn!r} has no content word (only stop words or punctuation)")
+                    raise BadClassesError(
+                        f"class name {syn!r} has no content word (only stop words or punctuation)"
+                    )
                 token_spans[syn] = [p + self.position_offset for p in positions]
                 groups.append(token_spans[syn])
             class_tokens.append(groups)
         content = sorted({p for groups in class_tokens for g in groups for p in g})
         special = [p + self.position_offset for p, t in enumerate(ids) if t in self.special_ids]
-        plan = PromptPlan(text, list(range(len(specs))), TokenLayout(class_tokens, [], content, special), token_spans,
-                          len(ids) + self.position_offset)  # fmt: skip
+        plan = PromptPlan(
+            text,
+            list(range(len(specs))),
+            TokenLayout(class_tokens, [], content, special),
+            token_spans,
+            len(ids) + self.position_offset,
+        )
         return _with_rest_column(plan, plan.n_tokens)
 
     def build(self, specs: list[ClassSpec], background: list[ClassSpec] | None = None) -> list[PromptPlan]:

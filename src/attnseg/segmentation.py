@@ -59,7 +59,9 @@ class Segmentation:
         labels = self.labels.cpu().numpy()
         colours = np.array(palette(len(self.classes)), dtype=np.float32)
         colour_map = colours[labels]
-        base = np.asarray(self.image, dtype=np.float32) if self.image is not None else np.zeros_like(colour_map)
+        base = (
+            np.asarray(self.image, dtype=np.float32) if self.image is not None else np.zeros_like(colour_map)
+        )
         mask = (labels > 0)[..., None]
         blended = np.where(mask, base * (1 - alpha) + colour_map * alpha, base * 0.75)
         picture = Image.fromarray(blended.clip(0, 255).astype(np.uint8))
@@ -67,7 +69,13 @@ class Segmentation:
             factor = -(-256 // picture.width)
             picture = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
         present = [k for k in range(len(self.classes) + 1) if (labels == k).any()]
-        return _with_legend(picture, [("background" if k == 0 else self.classes[k - 1], palette(len(self.classes))[k]) for k in present])
+        return _with_legend(
+            picture,
+            [
+                ("background" if k == 0 else self.classes[k - 1], palette(len(self.classes))[k])
+                for k in present
+            ],
+        )
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write labels.png, overlay.png, scores.npz and result.json into `directory`, all or nothing."""
@@ -78,7 +86,9 @@ class Segmentation:
             self.label_image().save(staging / "labels.png")
             self.overlay().save(staging / "overlay.png")
             np.savez_compressed(
-                staging / "scores.npz", scores=self.scores.cpu().numpy().astype(np.float16), classes=np.array(self.classes)
+                staging / "scores.npz",
+                scores=self.scores.cpu().numpy().astype(np.float16),
+                classes=np.array(self.classes),
             )
             write_json(staging / "result.json", {"classes": self.classes, "tau": self.tau, **self.meta})
             if target.exists():

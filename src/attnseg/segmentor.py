@@ -22,8 +22,14 @@ from attnseg.method.pipeline import run_method
 from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
 from attnseg.segmentation import Segmentation
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}  # fmt: skip
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -43,14 +49,18 @@ def parse_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadConfigError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+        raise BadConfigError(
+            "--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu"
+        )
     return device
 
 
 def config_for(backbone: Backbone, method: str, **overrides: object) -> MethodConfig:
     """The method's settings for this model: your overrides, then its attnseg.json, then its family preset."""
     settings = {"refine_steps": backbone.preset.refine_steps} if method == "goca" else {}
-    settings |= {k: v for k, v in backbone.defaults["method"].items() if k != "refine_steps" or method == "goca"}
+    settings |= {
+        k: v for k, v in backbone.defaults["method"].items() if k != "refine_steps" or method == "goca"
+    }
     return method_config(method, **(settings | overrides))
 
 
@@ -147,15 +157,21 @@ class Segmentor:
         """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
         pictures, names, single = self._images(images)
         specs = parse_classes(classes)
-        overlap = {s.lower() for c in specs for s in c.synonyms} & {s.lower() for b in self.background for s in b.synonyms}
+        overlap = {s.lower() for c in specs for s in c.synonyms} & {
+            s.lower() for b in self.background for s in b.synonyms
+        }
         if overlap:
-            raise BadClassesError(f"{', '.join(sorted(overlap))} named both as a class and as a background word")
+            raise BadClassesError(
+                f"{', '.join(sorted(overlap))} named both as a class and as a background word"
+            )
         plans = self.builder.build(specs, self.background)
         keep = max(plan.n_tokens for plan in plans)
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
             batch = pictures[start : start + self.batch_size]
-            results.extend(self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed))
+            results.extend(
+                self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed)
+            )
             if progress is not None:
                 progress(len(batch))
         return results[0] if single else results
@@ -179,8 +195,11 @@ class Segmentor:
             rows = [i * n_prompt + j for i in range(n_img)]
             out = run_method(captured.rows(rows), plan.layout, self.config)
             diagnostics.append(
-                {"prompt": plan.text, "layer_weights": out.layer_weights.mean(0).tolist(),
-                 "special_token_mass": float(out.special_token_mass.mean())}  # fmt: skip
+                {
+                    "prompt": plan.text,
+                    "layer_weights": out.layer_weights.mean(0).tolist(),
+                    "special_token_mass": float(out.special_token_mass.mean()),
+                }
             )
             for i in range(n_img):
                 for local, k in enumerate(plan.class_indices):
@@ -197,7 +216,9 @@ class Segmentor:
             scores = upsample(torch.stack(class_maps[i])[None].float(), size)[0].clamp(0, 1).cpu()
             bg = None
             if background_maps[i]:
-                bg = upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
+                bg = (
+                    upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
+                )
             labels = assign_labels(scores, self.config.tau, bg)
             meta = {
                 "image": names[i],
@@ -210,7 +231,11 @@ class Segmentor:
                 "sigma": self.backbone.preset.sigma,
                 "seed": seed,
                 "prompts": [
-                    {"text": p.text, "classes": [specs[k].name for k in p.class_indices], "token_spans": p.token_spans}
+                    {
+                        "text": p.text,
+                        "classes": [specs[k].name for k in p.class_indices],
+                        "token_spans": p.token_spans,
+                    }
                     for p in plans
                 ],
                 "split_into_prompts": len(plans) > 1,
@@ -220,7 +245,9 @@ class Segmentor:
                 "timings": {k: v / len(pictures) for k, v in times.items()} | {"batch_images": len(pictures)},
                 "memory": peak,
             }
-            results.append(Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta))
+            results.append(
+                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta)
+            )
         return results
 
 

@@ -29,20 +29,33 @@ def tiny_clip_tokenizer(folder: Path, max_length: int = 77):
     vocab["<|endoftext|>"] = len(vocab)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length)
+        (Path(tmp) / "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n"
+        )
+        tokenizer = CLIPTokenizer(
+            str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=max_length
+        )
     return tokenizer
 
 
-def _clip_text_encoder(vocab_size: int, hidden: int, layers: int = 2, projection: int | None = None, seed: int = 0):
+def _clip_text_encoder(
+    vocab_size: int, hidden: int, layers: int = 2, projection: int | None = None, seed: int = 0
+):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection or hidden,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
@@ -51,10 +64,16 @@ def _tiny_vae(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=8, sample_size=32,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
+    )
 
 
 def _tiny_unet(cross_dim: int, seed: int = 0, **extra):
@@ -62,11 +81,17 @@ def _tiny_unet(cross_dim: int, seed: int = 0, **extra):
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim, norm_num_groups=8, **({"attention_head_dim": 8} | extra),
-    )  # fmt: skip
+        cross_attention_dim=cross_dim,
+        norm_num_groups=8,
+        **({"attention_head_dim": 8} | extra),
+    )
 
 
 def build_tiny_sd(folder: str | Path, seed: int = 0, sd2: bool = False) -> Path:
@@ -81,11 +106,17 @@ def build_tiny_sd(folder: str | Path, seed: int = 0, sd2: bool = False) -> Path:
     text_dim = 48 if sd2 else 32
     unet_extra = {"use_linear_projection": True, "attention_head_dim": (2, 4, 8)} if sd2 else {}
     pipe = StableDiffusionPipeline(
-        vae=_tiny_vae(seed), text_encoder=_clip_text_encoder(len(tokenizer), text_dim, seed=seed), tokenizer=tokenizer,
+        vae=_tiny_vae(seed),
+        text_encoder=_clip_text_encoder(len(tokenizer), text_dim, seed=seed),
+        tokenizer=tokenizer,
         unet=_tiny_unet(text_dim, seed, **unet_extra),
-        scheduler=DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction" if sd2 else "epsilon"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        scheduler=DDPMScheduler(
+            num_train_timesteps=1000, prediction_type="v_prediction" if sd2 else "epsilon"
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")
     return folder
@@ -99,15 +130,21 @@ def build_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
     tokenizer = tiny_clip_tokenizer(folder / "_tok")
     text_dim, pooled_dim, time_dim = 32, 32, 8
     unet = _tiny_unet(
-        text_dim * 2, seed, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        text_dim * 2,
+        seed,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=pooled_dim + 6 * time_dim,
-    )  # fmt: skip
+    )
     pipe = StableDiffusionXLPipeline(
-        vae=_tiny_vae(seed), text_encoder=_clip_text_encoder(len(tokenizer), text_dim, seed=seed),
+        vae=_tiny_vae(seed),
+        text_encoder=_clip_text_encoder(len(tokenizer), text_dim, seed=seed),
         text_encoder_2=_clip_text_encoder(len(tokenizer), text_dim, projection=pooled_dim, seed=seed + 1),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
         scheduler=EulerDiscreteScheduler(num_train_timesteps=1000),
-    )  # fmt: skip
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")
     return folder
@@ -134,9 +171,13 @@ def tiny_t5_tokenizer(max_length: int = 64):
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     return T5TokenizerFast(
-        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+        tokenizer_object=backend,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
         model_max_length=max_length,
-    )  # fmt: skip
+    )
 
 
 def _tiny_t5_encoder(vocab_size: int, width: int = 32, seed: int = 0):
@@ -144,9 +185,17 @@ def _tiny_t5_encoder(vocab_size: int, width: int = 32, seed: int = 0):
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=width * 2, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        d_model=width,
+        d_kv=8,
+        d_ff=width * 2,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     return T5EncoderModel(config).eval()
 
 
@@ -156,10 +205,18 @@ def _tiny_vae16(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=1.5, shift_factor=0.06,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=1.5,
+        shift_factor=0.06,
+    )
 
 
 def build_tiny_pixart(folder: str | Path, sigma: bool = True, seed: int = 0) -> Path:
@@ -176,15 +233,26 @@ def build_tiny_pixart(folder: str | Path, sigma: bool = True, seed: int = 0) -> 
     text_encoder = _tiny_t5_encoder(len(tokenizer), 32, seed)
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8, num_layers=2,
-        cross_attention_dim=24, caption_channels=32, sample_size=16, patch_size=2, norm_num_groups=8,
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=4,
+        out_channels=8,
+        num_layers=2,
+        cross_attention_dim=24,
+        caption_channels=32,
+        sample_size=16,
+        patch_size=2,
+        norm_num_groups=8,
         use_additional_conditions=not sigma,  # α at 1024 px conditions on resolution and aspect ratio
-    )  # fmt: skip
+    )
     cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
     pipe = cls(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=_tiny_vae(seed), transformer=transformer,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=_tiny_vae(seed),
+        transformer=transformer,
         scheduler=DPMSolverMultistepScheduler(num_train_timesteps=1000),
-    )  # fmt: skip
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
@@ -204,15 +272,31 @@ def build_tiny_sd3(folder: str | Path, with_t5: bool = True, sd35: bool = False,
     t5 = _tiny_t5_encoder(len(t5_tokenizer), 64, seed) if with_t5 else None
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=32, out_channels=16,
-        pos_embed_max_size=16, dual_attention_layers=(0,) if sd35 else (), qk_norm="rms_norm" if sd35 else None,
-    )  # fmt: skip
+        sample_size=16,
+        patch_size=2,
+        in_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=32,
+        out_channels=16,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,) if sd35 else (),
+        qk_norm="rms_norm" if sd35 else None,
+    )
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae16(seed),
-        text_encoder=clip_l, tokenizer=clip_tokenizer, text_encoder_2=clip_g, tokenizer_2=clip_tokenizer,
-        text_encoder_3=t5, tokenizer_3=t5_tokenizer if with_t5 else None,
-    )  # fmt: skip
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_tiny_vae16(seed),
+        text_encoder=clip_l,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=clip_g,
+        tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer if with_t5 else None,
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")
     return folder
@@ -227,16 +311,26 @@ def build_tiny_flux(folder: str | Path, guidance: bool = True, seed: int = 0) ->
     t5_tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=8,
-        num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=guidance,
+        patch_size=1,
+        in_channels=64,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=32,
+        pooled_projection_dim=16,
+        guidance_embeds=guidance,
         axes_dims_rope=(2, 2, 4),
-    )  # fmt: skip
+    )
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_vae16(seed),
-        text_encoder=_clip_text_encoder(len(clip_tokenizer), 16, seed=seed), tokenizer=clip_tokenizer,
-        text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed), tokenizer_2=t5_tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae16(seed),
+        text_encoder=_clip_text_encoder(len(clip_tokenizer), 16, seed=seed),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed),
+        tokenizer_2=t5_tokenizer,
         transformer=transformer,
-    )  # fmt: skip
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")
     return folder
@@ -265,23 +359,42 @@ def build_tiny_hunyuandit(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     bert = BertModel(
         BertConfig(
-            vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=128,
+            vocab_size=len(bert_tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
         ),
         add_pooling_layer=False,
-    ).eval()  # fmt: skip
+    ).eval()
     torch.manual_seed(seed)
     transformer = HunyuanDiT2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=16, hidden_size=16,
-        num_layers=4, cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, text_len=77,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        patch_size=2,
+        sample_size=16,
+        hidden_size=16,
+        num_layers=4,
+        cross_attention_dim=32,
+        cross_attention_dim_t5=32,
+        pooled_projection_dim=16,
+        text_len=77,
         text_len_t5=64,
-    )  # fmt: skip
+    )
     pipe = HunyuanDiTPipeline(
-        vae=_tiny_vae(seed), text_encoder=bert, tokenizer=bert_tokenizer, transformer=transformer,
-        scheduler=DDPMScheduler(num_train_timesteps=1000), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed),
+        vae=_tiny_vae(seed),
+        text_encoder=bert,
+        tokenizer=bert_tokenizer,
+        transformer=transformer,
+        scheduler=DDPMScheduler(num_train_timesteps=1000),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        text_encoder_2=_tiny_t5_encoder(len(t5_tokenizer), 32, seed),
         tokenizer_2=t5_tokenizer,
-    )  # fmt: skip
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")
     return folder

@@ -51,9 +51,15 @@ class Trace:
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         latent = self.backbone.latent_grid(sample)
         plan = self.backbone.capture_plan(latent, self.config)
-        self.proxy.store = CaptureStore(latent, self.keep_tokens, plan.map_size, plan.reference_grid,
-                                        plan.propagation_layers, self.config.renormalize_resized_rows,
-                                        self.config.reference_channel0)  # fmt: skip
+        self.proxy.store = CaptureStore(
+            latent,
+            self.keep_tokens,
+            plan.map_size,
+            plan.reference_grid,
+            plan.propagation_layers,
+            self.config.renormalize_resized_rows,
+            self.config.reference_channel0,
+        )
         if not self._installed:  # processors are installed once, on the first call, and read the proxy
             self._stack.enter_context(self.backbone.capturing(plan, self.proxy))
             self._installed = True
@@ -61,7 +67,9 @@ class Trace:
     def _after(self, module, args, kwargs, output) -> None:
         captured = self.proxy.store.finish()
         rows = captured.cross["mean"][0].shape[0]
-        captured = captured.rows(list(range(rows // 2, rows)) if rows % 2 == 0 and rows > 1 else list(range(rows)))
+        captured = captured.rows(
+            list(range(rows // 2, rows)) if rows % 2 == 0 and rows > 1 else list(range(rows))
+        )
         self.sum = captured if self.sum is None else _add(self.sum, captured)
         self.steps += 1
 
@@ -79,30 +87,49 @@ class Trace:
         self._stack.close()
         self._installed = False
 
-    def segment(self, prompt: str, classes: list[str] | str, image=None, tau: float | None = None) -> Segmentation:
+    def segment(
+        self, prompt: str, classes: list[str] | str, image=None, tau: float | None = None
+    ) -> Segmentation:
         """Segment the generated image into classes named in `prompt` (maps averaged over the captured steps)."""
         if self.sum is None:
-            raise BadConfigError("nothing was captured: run the pipeline inside the `with attnseg.trace(pipe)` block")
+            raise BadConfigError(
+                "nothing was captured: run the pipeline inside the `with attnseg.trace(pipe)` block"
+            )
         specs = parse_classes(classes)
         plan = self.backbone.prompt_builder().locate(prompt, specs)
         if plan.n_tokens > self.keep_tokens:
-            raise BadConfigError(f"the prompt has {plan.n_tokens} tokens; create the trace with keep_tokens >= that")
-        layout = plan.layout.__class__(plan.layout.class_tokens, [], plan.layout.content_tokens,
-                                       sorted(set(plan.layout.special_tokens) | {self.keep_tokens}))  # fmt: skip
+            raise BadConfigError(
+                f"the prompt has {plan.n_tokens} tokens; create the trace with keep_tokens >= that"
+            )
+        layout = plan.layout.__class__(
+            plan.layout.class_tokens,
+            [],
+            plan.layout.content_tokens,
+            sorted(set(plan.layout.special_tokens) | {self.keep_tokens}),
+        )
         mean = _scale(self.sum, 1.0 / self.steps)
         out = run_method(mean.rows([0]), layout, self.config)
         size = (image.height, image.width) if image is not None else out.class_maps.shape[-2:]
         scores = upsample(out.class_maps.float(), tuple(size))[0].clamp(0, 1).cpu()
         tau = self.config.tau if tau is None else tau
-        meta = {"method": self.method, "settings": self.config.to_dict(), "prompt": prompt, "steps": self.steps,
-                "token_spans": plan.token_spans, "layers": mean.layer_names}  # fmt: skip
+        meta = {
+            "method": self.method,
+            "settings": self.config.to_dict(),
+            "prompt": prompt,
+            "steps": self.steps,
+            "token_spans": plan.token_spans,
+            "layers": mean.layer_names,
+        }
         return Segmentation([s.name for s in specs], scores, assign_labels(scores, tau), tau, image, meta)
 
 
 def _combine(a: CapturedAttention, b: CapturedAttention | None, fa: float, fb: float) -> CapturedAttention:
     mix = lambda x, y: None if x is None else (x * fa if y is None else x * fa + y * fb)  # noqa: E731
     return CapturedAttention(
-        cross={m: [mix(x, None if b is None else y) for x, y in zip(a.cross[m], b.cross[m] if b else a.cross[m])] for m in a.cross},
+        cross={
+            m: [mix(x, None if b is None else y) for x, y in zip(a.cross[m], b.cross[m] if b else a.cross[m])]
+            for m in a.cross
+        },
         grids=a.grids,
         layer_scores=mix(a.layer_scores, None if b is None else b.layer_scores),
         affinity=mix(a.affinity, None if b is None else b.affinity),

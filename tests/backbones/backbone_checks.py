@@ -67,9 +67,12 @@ def check_capture_is_transparent(seg: attnseg.Segmentor, prompt: str) -> Capture
     original = dict(backbone.denoiser.attn_processors)
     plain = backbone.run_denoiser(noisy, timestep, cond)
     store = CaptureStore(
-        latent_size=latent_size, keep_tokens=16, map_size=plan.map_size, reference_grid=plan.reference_grid,
+        latent_size=latent_size,
+        keep_tokens=16,
+        map_size=plan.map_size,
+        reference_grid=plan.reference_grid,
         propagation_layers=plan.propagation_layers,
-    )  # fmt: skip
+    )
     with backbone.capturing(plan, store):
         captured = backbone.run_denoiser(noisy, timestep, cond)
     assert isinstance(plain, torch.Tensor) and plain.shape == captured.shape

@@ -231,9 +231,15 @@ def test_two_gloo_processes_equal_one(tmp_path: Path) -> None:
     assert [_count_lines(two / "records" / n) for n in main_logs] == [5, 4]
     # the folder of a two-process run resumes in one process without scoring anything again
     cfg = EvalConfig(
-        dataset="voc21", root=str(tmp_path / "d"), out=str(two), tau_search="heldout", tau_grid=(0.2, 0.5, 0.8, 0.97),
-        segmentor="attnseg.eval.fake:make", segmentor_args=(("noise", 0.3),), progress=False,
-    )  # fmt: skip
+        dataset="voc21",
+        root=str(tmp_path / "d"),
+        out=str(two),
+        tau_search="heldout",
+        tau_grid=(0.2, 0.5, 0.8, 0.97),
+        segmentor="attnseg.eval.fake:make",
+        segmentor_args=(("noise", 0.3),),
+        progress=False,
+    )
     c = run_eval(cfg, _Boom)
     _same(c, b)
 
@@ -312,14 +318,60 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     argv = [
-        "--dataset", "ade20k", "--root", "r", "--out", "o", "--split", "training", "--model", "world-s",
-        "--method", "vanilla", "--device", "cpu", "--dtype", "float32", "--set", "timestep=300",
-        "--template", "a photo of {}", "--allow-pickle", "--config", "cfg", "--segmentor", "m:f",
-        "--segmentor-arg", "k=2", "--protocol", "open", "--tau", "0.4", "--tau-search", "heldout",
-        "--tau-split", "val", "--tau-root", "t", "--tau-images", "7", "--tau-grid", "0.3,0.5",
-        "--no-background", "tau", "--classes-per-prompt", "3", "--no-synonyms", "--seed", "5",
-        "--limit", "9", "--batch-size", "2", "--no-progress",
-    ]  # fmt: skip
+        "--dataset",
+        "ade20k",
+        "--root",
+        "r",
+        "--out",
+        "o",
+        "--split",
+        "training",
+        "--model",
+        "world-s",
+        "--method",
+        "vanilla",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--set",
+        "timestep=300",
+        "--template",
+        "a photo of {}",
+        "--allow-pickle",
+        "--config",
+        "cfg",
+        "--segmentor",
+        "m:f",
+        "--segmentor-arg",
+        "k=2",
+        "--protocol",
+        "open",
+        "--tau",
+        "0.4",
+        "--tau-search",
+        "heldout",
+        "--tau-split",
+        "val",
+        "--tau-root",
+        "t",
+        "--tau-images",
+        "7",
+        "--tau-grid",
+        "0.3,0.5",
+        "--no-background",
+        "tau",
+        "--classes-per-prompt",
+        "3",
+        "--no-synonyms",
+        "--seed",
+        "5",
+        "--limit",
+        "9",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     config = config_from_args(parser.parse_args(argv), ["attnseg", "eval"])
     defaults = EvalConfig(dataset="ade20k", root="r", out="o")
     # Every field but the command line is a flag, and the argv above moves each one off its default.

@@ -36,9 +36,17 @@ CASES = [
     ("world", ""),
 ]
 SIZES = {
-    "voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "coco-object": 81, "coco-stuff171": 171,
-    "coco-stuff27": 27, "cityscapes": 19, "ade20k": 150, "world": 9,
-}  # fmt: skip
+    "voc21": 21,
+    "voc20": 20,
+    "context60": 60,
+    "context59": 59,
+    "coco-object": 81,
+    "coco-stuff171": 171,
+    "coco-stuff27": 27,
+    "cityscapes": 19,
+    "ade20k": 150,
+    "world": 9,
+}
 
 
 @pytest.mark.parametrize(("name", "variant"), CASES)

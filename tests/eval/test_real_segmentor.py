@@ -21,9 +21,16 @@ except ImportError:  # pragma: no cover
 def test_eval_with_the_real_segmentor(tmp_path: Path, tiny_sd: Path) -> None:
     L.build("world", tmp_path / "d", n=2)
     cfg = EvalConfig(
-        dataset="world", root=str(tmp_path / "d"), out=str(tmp_path / "r"), model=str(tiny_sd),
-        protocol="open", tau_search="test-oracle", tau_grid=(0.3, 0.6), batch_size=2, progress=False,
-    )  # fmt: skip
+        dataset="world",
+        root=str(tmp_path / "d"),
+        out=str(tmp_path / "r"),
+        model=str(tiny_sd),
+        protocol="open",
+        tau_search="test-oracle",
+        tau_grid=(0.3, 0.6),
+        batch_size=2,
+        progress=False,
+    )
     m = run_eval(cfg)  # Segmentor.from_pretrained(model, method="goca", ...)
     assert m["counts"]["images"] == 2 and m["counts"]["pixels"] > 0
     assert m["mIoU"] is not None and 0.0 <= m["mIoU"] <= 1.0

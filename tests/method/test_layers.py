@@ -77,4 +77,6 @@ def test_resize_picking_rows_first_equals_resizing_keys_first():
 
     for grid, target in [((8, 8), (4, 4)), ((6, 4), (3, 2)), ((4, 4), (8, 8))]:
         a = torch.rand(2, grid[0] * grid[1], grid[0] * grid[1])
-        assert torch.allclose(resize_self_attention(a, grid, target, True), keys_then_queries(a, grid, target), atol=1e-6)
+        assert torch.allclose(
+            resize_self_attention(a, grid, target, True), keys_then_queries(a, grid, target), atol=1e-6
+        )

@@ -30,7 +30,9 @@ def test_rescaling_removes_start_token_imbalance():
 def test_minmax_and_blur_basic_properties():
     x = torch.rand(2, 3, 8, 8)
     y = minmax(x)
-    assert torch.allclose(y.amin(dim=(2, 3)), torch.zeros(2, 3)) and torch.allclose(y.amax(dim=(2, 3)), torch.ones(2, 3))
+    assert torch.allclose(y.amin(dim=(2, 3)), torch.zeros(2, 3)) and torch.allclose(
+        y.amax(dim=(2, 3)), torch.ones(2, 3)
+    )
     const = torch.full((1, 1, 8, 8), 0.7)
     assert torch.allclose(gaussian_blur(const), const, atol=1e-6)
     spike = torch.zeros(1, 1, 9, 9)

@@ -224,8 +224,11 @@ def test_scaling_lists_models_by_latent_and_tables_them(tmp_path, tiny_world):
     assert run_scaling(parser.parse_args([*argv, "--resume", "--models", *map(str, models)])) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [(r["model"], r["latent"], r["method"]) for r in results] == [
-        ("world-xs", 16, "vanilla"), ("world-xs", 16, "goca"), ("world-xs32", 32, "vanilla"), ("world-xs32", 32, "goca")
-    ]  # fmt: skip
+        ("world-xs", 16, "vanilla"),
+        ("world-xs", 16, "goca"),
+        ("world-xs32", 32, "vanilla"),
+        ("world-xs32", 32, "goca"),
+    ]
     assert results[2:] == first  # reused as they were, not evaluated again
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| world-xs32 | 32² | goca |" in table and (tmp_path / "out" / "scaling.png").stat().st_size > 0
@@ -239,7 +242,13 @@ def test_local_token_encoder_trains_and_exports_from_its_checkpoint(tmp_path, ti
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "render.json").write_text('{"split": "train", "n": 8, "thing_patterns": true}')
     tr = _trainer(
-        tmp_path / "t", tiny_world, 2, text_layers=0, max_length=40, cross_attention_gain=3.0, data=str(tmp_path / "data")
+        tmp_path / "t",
+        tiny_world,
+        2,
+        text_layers=0,
+        max_length=40,
+        cross_attention_gain=3.0,
+        data=str(tmp_path / "data"),
     )
     tr.run()
     assert tr.text.config.num_hidden_layers == 0 and tr.tokenizer.model_max_length == 40
@@ -279,8 +288,10 @@ def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(
     assert chosen["preset"] == {"timestep": best["timestep"], "refine_steps": best["refine_steps"]}
     assert chosen["method"] == {"blur": best["blur"]}
     assert chosen["tuned"]["split"]["split"] == "test"
-    path = write_defaults(model, {"preset": {"timestep": 300, "refine_steps": 0}, "method": {"blur": False},
-                                  "tuned": chosen["tuned"]})  # fmt: skip
+    path = write_defaults(
+        model,
+        {"preset": {"timestep": 300, "refine_steps": 0}, "method": {"blur": False}, "tuned": chosen["tuned"]},
+    )
     assert json.loads(path.read_text())["tuned"] == chosen["tuned"]
     seg = Segmentor.from_pretrained(str(model), method="goca", device="cpu", dtype="float32")
     assert seg.backbone.preset.timestep == 300 and seg.config.refine_steps == 0 and seg.config.blur is False
@@ -301,7 +312,13 @@ def test_thing_pixels_splits_thing_pixels_by_where_they_went():
     conf[star, star], conf[star, heart], conf[heart, sky], conf[heart, 0] = 5, 2, 2, 1  # 10 thing pixels
     conf[sky, sky], conf[grass, star] = 15, 5  # 20 stuff pixels
     assert thing_pixels(conf) == pytest.approx(
-        {"right_thing": 0.5, "other_thing": 0.2, "stuff": 0.2, "background": 0.1, "stuff_taken_by_things": 0.25}
+        {
+            "right_thing": 0.5,
+            "other_thing": 0.2,
+            "stuff": 0.2,
+            "background": 0.1,
+            "stuff_taken_by_things": 0.25,
+        }
     )
     iou = per_class_iou(conf)  # only the classes in the truth, in %
     assert iou == pytest.approx({"sky": 100 * 15 / 17, "grass": 0.0, "star": 100 * 5 / 12, "heart": 0.0})

@@ -49,7 +49,12 @@ def pick_propagation_layers(candidates: list[str], config: MethodConfig, preset:
 
 
 def transformer_blocks_plan(
-    prefix: str, n_blocks: int, reference: int, grid: tuple[int, int], config: MethodConfig, preset: BackbonePreset
+    prefix: str,
+    n_blocks: int,
+    reference: int,
+    grid: tuple[int, int],
+    config: MethodConfig,
+    preset: BackbonePreset,
 ) -> CapturePlan:
     """Plan for DiTs whose blocks have a self-attention `attn1` and a cross-attention `attn2` on one token grid.
 
@@ -110,7 +115,9 @@ class Backbone:
 
     def tokenize(self, tokenizer, prompts: list[str], length: int):
         """Token ids and attention mask, padded to `length` and truncated, on the model's device."""
-        enc = tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        enc = tokenizer(
+            prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        )
         return enc.to(self.device)
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -120,7 +127,9 @@ class Backbone:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * vae.config.scaling_factor
 
-    def add_noise(self, latents: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_noise(
+        self, latents: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Noisy latents at the preset's timestep, and the timestep tensor to pass to the denoiser."""
         # One noise draw shared by every row: a row's result does not depend on what it is batched with.
         noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
@@ -196,5 +205,8 @@ class Backbone:
 
     def info(self) -> dict:
         """Identity for result.json."""
-        return {"family": self.family, "model_id": self.model_id, "dtype": str(self.dtype).removeprefix("torch.")}
-
+        return {
+            "family": self.family,
+            "model_id": self.model_id,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }

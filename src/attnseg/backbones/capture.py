@@ -90,7 +90,9 @@ class CaptureStore:
         self.peak_bytes = max(self.peak_bytes, sum(t.numel() * t.element_size() for t in tensors))
 
     # -- what processors call -------------------------------------------------------------------------
-    def add_cross(self, layer: str, probs_bhpn: torch.Tensor, weights_bhp: torch.Tensor, grid: tuple[int, int]) -> None:
+    def add_cross(
+        self, layer: str, probs_bhpn: torch.Tensor, weights_bhp: torch.Tensor, grid: tuple[int, int]
+    ) -> None:
         """Head-aggregate a layer's cross-attention both ways and keep the first T token columns + the rest."""
         self._register(layer, grid)
         for target, weights in ((self.cross_mean, None), (self.cross_goca, weights_bhp)):
@@ -107,7 +109,10 @@ class CaptureStore:
 
         Scoring reads nothing else of such a layer, so the other rows need never be computed.
         """
-        if self.reference_grid is None or grid[0] * grid[1] <= self.reference_grid[0] * self.reference_grid[1]:
+        if (
+            self.reference_grid is None
+            or grid[0] * grid[1] <= self.reference_grid[0] * self.reference_grid[1]
+        ):
             return None
         (h, w), (ht, wt) = grid, self.reference_grid
         ys = (torch.arange(ht) * h) // ht  # the source row F.interpolate(mode="nearest") picks
@@ -115,7 +120,11 @@ class CaptureStore:
         return (ys[:, None] * w + xs[None, :]).flatten(), (ht, wt)
 
     def add_self(
-        self, layer: str, attn_bqk: torch.Tensor, grid: tuple[int, int], query_grid: tuple[int, int] | None = None
+        self,
+        layer: str,
+        attn_bqk: torch.Tensor,
+        grid: tuple[int, int],
+        query_grid: tuple[int, int] | None = None,
     ) -> None:
         """Score a layer's head-mean self-attention against the reference, and add it to the propagation sum.
 
@@ -130,7 +139,9 @@ class CaptureStore:
             self.affinity_sum = on_map if self.affinity_sum is None else self.affinity_sum + on_map
             self.affinity_count += 1
         if self.reference_grid is not None:
-            on_ref = resize_self_attention(attn_bqk, grid, self.reference_grid, self.renormalize_rows, query_grid)
+            on_ref = resize_self_attention(
+                attn_bqk, grid, self.reference_grid, self.renormalize_rows, query_grid
+            )
             if self.reference is not None:
                 self.scores[layer] = layer_similarity(self.reference, on_ref)
             else:
@@ -174,7 +185,9 @@ class CaptureStore:
         )
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
@@ -266,7 +279,9 @@ def attend(
         if plan.read_cross:
             n_text = k[:, :, text_cols].shape[2]
             for heads in _head_groups(h, b * positions * n_text):
-                cross_heads.append(_block_softmax(q_img, k, scale, _mask_block(mask, img, text_cols), heads, text_cols))
+                cross_heads.append(
+                    _block_softmax(q_img, k, scale, _mask_block(mask, img, text_cols), heads, text_cols)
+                )
         if plan.read_self:
             picked = store.scoring_rows(grid)
             if picked is not None:

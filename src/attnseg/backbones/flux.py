@@ -35,8 +35,14 @@ class FluxCaptureProcessor:
         # C_out×C: maps this call's attention output (heads concatenated) to the block output.
         self.out_proj_weight = out_proj_weight
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, image_rotary_emb=None) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb=None,
+    ) -> torch.Tensor:
         from diffusers.models.embeddings import apply_rotary_emb
 
         heads = attn.heads
@@ -62,9 +68,15 @@ class FluxCaptureProcessor:
 
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # B×H×L×d
         out = attend(
-            query, key, value, scale=query.shape[-1] ** -0.5, mask=attention_mask, plan=self.plan, store=self.store,
+            query,
+            key,
+            value,
+            scale=query.shape[-1] ** -0.5,
+            mask=attention_mask,
+            plan=self.plan,
+            store=self.store,
             out_proj_weight=self.out_proj_weight,
-        )  # fmt: skip
+        )
         out = out.transpose(1, 2).flatten(2).to(query.dtype)
         if not n_text:
             return out
@@ -140,9 +152,13 @@ class FluxBackbone(Backbone):
         if self.denoiser.config.guidance_embeds:
             guidance = torch.full((b,), GUIDANCE, device=self.device, dtype=torch.float32)
         return self.denoiser(
-            hidden_states=packed.to(self.dtype), timestep=timestep.to(self.dtype), guidance=guidance,
-            img_ids=img_ids, return_dict=False, **cond,
-        )[0]  # fmt: skip
+            hidden_states=packed.to(self.dtype),
+            timestep=timestep.to(self.dtype),
+            guidance=guidance,
+            img_ids=img_ids,
+            return_dict=False,
+            **cond,
+        )[0]
 
     def latent_grid(self, latents: torch.Tensor) -> tuple[int, int]:
         """The latent's h×w; a packed B×P×C input (a pipeline's own call, under trace) is taken as square."""
@@ -188,9 +204,13 @@ class FluxBackbone(Backbone):
         plans = {}
         for layer in blocks:
             plans[f"{layer}.attn"] = AttentionPlan(
-                layer, read_cross=True, read_self=layer in propagation or score_layers, image_queries=image,
-                text_keys=slice(0, -positions), image_keys=image,
-            )  # fmt: skip
+                layer,
+                read_cross=True,
+                read_self=layer in propagation or score_layers,
+                image_queries=image,
+                text_keys=slice(0, -positions),
+                image_keys=image,
+            )
         return CapturePlan(plans, grid, grid if score_layers else None, propagation)
 
     @contextlib.contextmanager

@@ -85,7 +85,9 @@ def read_model_index(folder: Path) -> dict:
     try:
         return json.loads(index_path.read_text())
     except json.JSONDecodeError as exc:
-        raise BadCheckpointError(f"{index_path} is not valid JSON ({exc}); the download is probably partial") from exc
+        raise BadCheckpointError(
+            f"{index_path} is not valid JSON ({exc}); the download is probably partial"
+        ) from exc
 
 
 def check_weights(path: Path, allow_pickle: bool) -> None:
@@ -107,7 +109,9 @@ def check_weights(path: Path, allow_pickle: bool) -> None:
                 if names:
                     handle.get_slice(names[-1])
         except Exception as exc:  # noqa: BLE001 — safetensors raises several types for a bad file
-            raise BadCheckpointError(f"{file} is not a readable safetensors file ({exc}); re-copy or re-convert it") from exc
+            raise BadCheckpointError(
+                f"{file} is not a readable safetensors file ({exc}); re-copy or re-convert it"
+            ) from exc
 
 
 def _component_class(library: str, class_name: str):
@@ -118,7 +122,9 @@ def _component_class(library: str, class_name: str):
     try:
         return getattr(importlib.import_module(library), class_name)
     except (ImportError, AttributeError) as exc:
-        raise BadCheckpointError(f"component class {library}.{class_name} is not available in this install") from exc
+        raise BadCheckpointError(
+            f"component class {library}.{class_name} is not available in this install"
+        ) from exc
 
 
 def load_components(
@@ -145,7 +151,9 @@ def load_components(
             elif "Scheduler" in class_name:
                 obj = cls.from_pretrained(sub, **kwargs)
             else:
-                obj = cls.from_pretrained(sub, torch_dtype=dtype, use_safetensors=not allow_pickle or None, **kwargs)
+                obj = cls.from_pretrained(
+                    sub, torch_dtype=dtype, use_safetensors=not allow_pickle or None, **kwargs
+                )
         except BadCheckpointError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -34,8 +34,15 @@ class SD3CaptureProcessor:
         self.plan = plan
         self.store = store
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, *args, **kwargs):  # fmt: skip
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ):
         batch, n_image = hidden_states.shape[:2]
 
         def per_head(x: torch.Tensor) -> torch.Tensor:  # B×L×C → B×H×L×d
@@ -63,9 +70,15 @@ class SD3CaptureProcessor:
 
         # The diffusers processor ignores any mask here; so does this one, to compute the same thing.
         out = attend(
-            query, key, value, scale=attn.scale, mask=None, plan=self.plan if joint else None, store=self.store,
+            query,
+            key,
+            value,
+            scale=attn.scale,
+            mask=None,
+            plan=self.plan if joint else None,
+            store=self.store,
             out_proj_weight=attn.to_out[0].weight,
-        )  # fmt: skip
+        )
         out = out.transpose(1, 2).flatten(2).to(query.dtype)
         image = attn.to_out[1](attn.to_out[0](out[:, :n_image]))
         if not joint:
@@ -90,7 +103,9 @@ class SD3Backbone(Backbone):
         sample = int(self.denoiser.config.sample_size)
         factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
         sigma = self.default_preset.sigma
-        self.preset = dataclasses.replace(self.default_preset, native_size=sample * factor, timestep=round(sigma * 1000))
+        self.preset = dataclasses.replace(
+            self.default_preset, native_size=sample * factor, timestep=round(sigma * 1000)
+        )
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -169,8 +184,12 @@ class SD3Backbone(Backbone):
         plans = {}
         for index, layer in enumerate(layers):
             plans[f"{layer}.attn"] = AttentionPlan(
-                layer, read_cross=True, read_self=layer in propagation or score_layers, image_queries=image,
-                text_keys=slice(image.stop, None), image_keys=image,
+                layer,
+                read_cross=True,
+                read_self=layer in propagation or score_layers,
+                image_queries=image,
+                text_keys=slice(image.stop, None),
+                image_keys=image,
                 reference_query=score_layers and index == reference,
-            )  # fmt: skip
+            )
         return CapturePlan(plans, grid, grid if score_layers else None, propagation)

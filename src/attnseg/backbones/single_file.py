@@ -38,7 +38,9 @@ def load_single_file(
     from attnseg.backbones.unet import SDXLBackbone, UNetBackbone
 
     sdxl = _is_sdxl(path)
-    pipeline_cls, backbone_cls = (StableDiffusionXLPipeline, SDXLBackbone) if sdxl else (StableDiffusionPipeline, UNetBackbone)
+    pipeline_cls, backbone_cls = (
+        (StableDiffusionXLPipeline, SDXLBackbone) if sdxl else (StableDiffusionPipeline, UNetBackbone)
+    )
     kwargs = {"torch_dtype": dtype, "local_files_only": True}
     if config_folder is not None:
         kwargs["config"] = str(config_folder)

@@ -11,7 +11,9 @@ from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_p
 from attnseg.backbones.capture import AttentionPlan
 from attnseg.method.config import MethodConfig
 
-_BLOCK = re.compile(r"^(down_blocks|up_blocks|mid_block)(?:\.(\d+))?\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn1|attn2)$")
+_BLOCK = re.compile(
+    r"^(down_blocks|up_blocks|mid_block)(?:\.(\d+))?\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn1|attn2)$"
+)
 
 
 class UNetBackbone(Backbone):
@@ -70,18 +72,26 @@ class UNetBackbone(Backbone):
         score_layers = config.layer_aggregation == "goca"
         # Propagation candidates: the decoder's layers on the finest grid (the encoder's are only scored, on the
         # reference grid's query rows); the preset says how many of the last ones to average.
-        candidates = [n.rsplit(".", 1)[0] for n, g in grids.items() if n.endswith("attn1") and g == map_size and n.startswith("up_blocks")]
+        candidates = [
+            n.rsplit(".", 1)[0]
+            for n, g in grids.items()
+            if n.endswith("attn1") and g == map_size and n.startswith("up_blocks")
+        ]
         propagation = pick_propagation_layers(candidates, config, self.preset)
         plans = {}
         for name in grids:
             layer = name.rsplit(".", 1)[0]
             if name.endswith("attn2"):
-                plans[name] = AttentionPlan(layer, read_cross=True, text_keys=slice(None), reference_query=name == reference)
+                plans[name] = AttentionPlan(
+                    layer, read_cross=True, text_keys=slice(None), reference_query=name == reference
+                )
             elif layer in propagation or score_layers:
                 plans[name] = AttentionPlan(layer, read_self=True, image_keys=slice(None))
         reference_grid = grids.get(reference) if (reference and score_layers) else None
         if not score_layers and reference in plans:
-            plans[reference] = AttentionPlan(reference.rsplit(".", 1)[0], read_cross=True, text_keys=slice(None))
+            plans[reference] = AttentionPlan(
+                reference.rsplit(".", 1)[0], read_cross=True, text_keys=slice(None)
+            )
         return CapturePlan(plans, map_size, reference_grid, propagation)
 
 

@@ -36,7 +36,9 @@ def _panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str, p
     h, w = image.shape[:2]
     canvas = Image.new("RGB", (3 * w * SCALE + 8, h * SCALE + 16), (255, 255, 255))
     for i, tile in enumerate(tiles):
-        canvas.paste(Image.fromarray(tile).resize((w * SCALE, h * SCALE), Image.NEAREST), (i * (w * SCALE + 4), 16))
+        canvas.paste(
+            Image.fromarray(tile).resize((w * SCALE, h * SCALE), Image.NEAREST), (i * (w * SCALE + 4), 16)
+        )
     ImageDraw.Draw(canvas).text((2, 2), title[:90], fill=(0, 0, 0), font=ImageFont.load_default())
     return canvas
 
@@ -63,18 +65,24 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
     note = ""
     if model is None and default_model_name() is None:
         model = str(_tiny_random_model())
-        note = ("NOTE: no embedded model is installed in this build, so this demo uses a tiny model with RANDOM "
-                "weights built from config: the pipeline runs end to end, but its masks mean nothing.")  # fmt: skip
+        note = (
+            "NOTE: no embedded model is installed in this build, so this demo uses a tiny model with RANDOM "
+            "weights built from config: the pipeline runs end to end, but its masks mean nothing."
+        )
         print(note, file=sys.stderr)
     segmentor = Segmentor.from_pretrained(model, device=device)
     names = [c.name for c in CLASSES]  # label k+1 = world class id k+1
-    palette = [(0, 0, 0)] + [tuple(int(v) for v in np.random.default_rng(c.id * 7 + 1).integers(40, 256, 3)) for c in CLASSES]
+    palette = [(0, 0, 0)] + [
+        tuple(int(v) for v in np.random.default_rng(c.id * 7 + 1).integers(40, 256, 3)) for c in CLASSES
+    ]
     scenes = list(render_scenes("test", n, seed))
     images = [Image.fromarray(scene.image) for _, scene in scenes]
     # Each scene is prompted with the classes its caption names, as a user who knows what is in the picture
     # would; labels are then mapped back to world class ids.
-    results = [segmentor.segment(image, [names[c - 1] for c in scene.named], seed=seed)
-               for image, (_, scene) in zip(images, scenes)]  # fmt: skip
+    results = [
+        segmentor.segment(image, [names[c - 1] for c in scene.named], seed=seed)
+        for image, (_, scene) in zip(images, scenes)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     panels, lines = [], []
     total_correct = total_pixels = 0
@@ -91,8 +99,10 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
             ious.append(inter / union if union else 0.0)
         found = sorted({names[k - 1] for k in np.unique(pred) if k > 0})
         truth = [names[c - 1] for c in scene.present]
-        lines.append(f"| {index} | {scene.caption} | {', '.join(truth)} | {', '.join(found)} | "
-                     f"{100 * correct / max(1, valid.sum()):.1f} | {100 * np.mean(ious):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {index} | {scene.caption} | {', '.join(truth)} | {', '.join(found)} | "
+            f"{100 * correct / max(1, valid.sum()):.1f} | {100 * np.mean(ious):.1f} |"
+        )
         panel = _panel(scene.image, scene.mask, pred, f"#{index}: {scene.caption}", palette)
         with atomic_path(out / f"scene_{index:02d}.png") as tmp:
             panel.save(tmp, format="PNG")
@@ -109,15 +119,22 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
         grid.save(tmp, format="PNG")
     meta = results[0].meta
     summary = [
-        "# attnseg demo", "",
+        "# attnseg demo",
+        "",
         *([note, ""] if note else []),
         f"Model: `{meta['model']['model_id']}` ({meta['model']['family']}), method `{meta['method']}`, "
         f"seed {seed}, τ = {segmentor.config.tau}. Each scene is prompted with the classes its caption names "
         "(a caption may leave a present class out; pixels below τ stay background).",
-        "", "Each panel of `demo.png`: input | ground truth | attnseg. Per scene:", "",
-        "| scene | caption | present | found | pixel acc % | mIoU (present) % |", "|---|---|---|---|---|---|",
-        *lines, "", f"Overall pixel accuracy: {100 * total_correct / max(1, total_pixels):.1f}%", "",
-    ]  # fmt: skip
+        "",
+        "Each panel of `demo.png`: input | ground truth | attnseg. Per scene:",
+        "",
+        "| scene | caption | present | found | pixel acc % | mIoU (present) % |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+        f"Overall pixel accuracy: {100 * total_correct / max(1, total_pixels):.1f}%",
+        "",
+    ]
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text("\n".join(summary))
     return out

@@ -68,22 +68,34 @@ class DemoApp:
         return {
             "overlay": _png_data_url(result.overlay()),
             "classes": [
-                {"name": name, "colour": "#{:02x}{:02x}{:02x}".format(*colours[k + 1]), "share": share[name],
-                 "heatmap": _png_data_url(_heatmap(result.scores[k]))}
+                {
+                    "name": name,
+                    "colour": "#{:02x}{:02x}{:02x}".format(*colours[k + 1]),
+                    "share": share[name],
+                    "heatmap": _png_data_url(_heatmap(result.scores[k])),
+                }
                 for k, name in enumerate(result.classes)
-            ],  # fmt: skip
+            ],
             "background_share": float((labels == 0).float().mean()),
-            "meta": {"method": method, "tau": config.tau, "seed": result.meta["seed"],
-                     "model": result.meta["model"]["model_id"], "seconds": round(sum(
-                         v for k, v in result.meta["timings"].items() if k.endswith("_s")), 3)},
-        }  # fmt: skip
+            "meta": {
+                "method": method,
+                "tau": config.tau,
+                "seed": result.meta["seed"],
+                "model": result.meta["model"]["model_id"],
+                "seconds": round(sum(v for k, v in result.meta["timings"].items() if k.endswith("_s")), 3),
+            },
+        }
 
     def sample(self, seed: int) -> dict:
         from attnseg.world.render import CLASSES, render_scenes
 
         _, scene = next(iter(render_scenes("test", 1, seed)))
         names = [c.name for c in CLASSES if c.id in scene.present]
-        return {"image": _png_data_url(Image.fromarray(scene.image)), "caption": scene.caption, "classes": ", ".join(names)}
+        return {
+            "image": _png_data_url(Image.fromarray(scene.image)),
+            "caption": scene.caption,
+            "classes": ", ".join(names),
+        }
 
 
 def make_handler(app: DemoApp):
@@ -121,7 +133,10 @@ def make_handler(app: DemoApp):
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY:
-                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "the image is over 25 MB; send a smaller one"})
+                self._json(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    {"error": "the image is over 25 MB; send a smaller one"},
+                )
                 return
             try:
                 request = json.loads(self.rfile.read(length) or b"{}")
@@ -162,7 +177,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 METHOD_OPTIONS = "".join(f'<option value="{m}">{m}</option>' for m in METHOD_PRESETS)
-PAGE = """<!doctype html>
+PAGE = (
+    """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>attnseg</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
@@ -186,7 +202,9 @@ PAGE = """<!doctype html>
  <label>Image</label><input type="file" id="file" accept="image/*"> <button class="ghost" id="sample">Sample scene</button>
  <img id="preview" alt="">
  <label>Classes <small>(comma-separated; synonyms with |)</small></label><input type="text" id="classes" value="sky, grass, circle">
- <label>Method</label><select id="method">""" + METHOD_OPTIONS + """</select>
+ <label>Method</label><select id="method">"""
+    + METHOD_OPTIONS
+    + """</select>
  <label>Background threshold τ: <span id="tauv">0.5</span></label><input type="range" id="tau" min="0" max="1" step="0.05" value="0.5" style="width:100%">
  <button id="go">Segment</button><div id="error"></div>
 </section><section class="card"><div id="result">Choose an image (or a sample scene), name the classes, press Segment.</div></section></main>
@@ -208,3 +226,4 @@ $("go").onclick=async()=>{$("error").textContent="";$("go").disabled=true;$("go"
 // http://host:port/#sample opens on a sample scene, already segmented
 if(location.hash==="#sample"){loadSample(1).then(ok=>{if(ok)$("go").click()})}
 </script></body></html>"""
+)

@@ -27,7 +27,9 @@ class MethodConfig:
     refine: str = "propagate"  # (d) none | propagate | iseg
     refine_steps: int = 2  # (d) k
     refine_order: str = "after_rescale"  # (d) propagate after or before rescaling
-    propagation_layers: int | None = None  # (d) average the last N finest layers' self-attention; None: family preset, 0: all
+    propagation_layers: int | None = (
+        None  # (d) average the last N finest layers' self-attention; None: family preset, 0: all
+    )
     iseg_gamma: float = 2.0  # iSeg-style: power that lowers the entropy of self-attention rows
     tau: float = 0.5  # (e) background threshold on [0, 1] class maps
 
@@ -61,7 +63,9 @@ class MethodConfig:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise BadConfigError(f"unknown method setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise BadConfigError(
+                f"unknown method setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return replace(self, **overrides)
 
 
@@ -72,10 +76,16 @@ METHOD_PRESETS: dict[str, MethodConfig] = {
     "vanilla": MethodConfig(head_aggregation="mean", layer_aggregation="mean", rescale="minmax"),
     # DiffSegmenter-style: fixed per-resolution layer weights, one self-attention product.
     "diffsegmenter": MethodConfig(
-        head_aggregation="mean", layer_aggregation="resolution", rescale="minmax", refine="propagate", refine_steps=1
+        head_aggregation="mean",
+        layer_aggregation="resolution",
+        rescale="minmax",
+        refine="propagate",
+        refine_steps=1,
     ),
     # iSeg-style: iterative refinement with entropy-reduced self-attention.
-    "iseg": MethodConfig(head_aggregation="mean", layer_aggregation="mean", rescale="minmax", refine="iseg", refine_steps=5),
+    "iseg": MethodConfig(
+        head_aggregation="mean", layer_aggregation="mean", rescale="minmax", refine="iseg", refine_steps=5
+    ),
 }
 
 

@@ -85,12 +85,18 @@ def run_method(captured: CapturedAttention, layout: TokenLayout, config: MethodC
     batch = maps[0].shape[0]
     weights = _layer_weights(captured, config, batch).to(maps[0].device)
     attn = combine_layers(maps, captured.grids, weights, captured.map_size)  # B×T×h×w
-    special = attn[:, layout.special_tokens].sum(1).mean(dim=(1, 2)) if layout.special_tokens else torch.zeros(batch)
+    special = (
+        attn[:, layout.special_tokens].sum(1).mean(dim=(1, 2))
+        if layout.special_tokens
+        else torch.zeros(batch)
+    )
     entities = layout.class_tokens + layout.background_tokens
     n_classes = len(layout.class_tokens)
     if config.refine_order == "before_rescale" and config.refine != "none":
         attn = _refine(attn, captured, config)
-    scores = rescale_scores(attn, entities, layout.content_tokens, per_pixel=config.rescale == "goca", blur=config.blur)
+    scores = rescale_scores(
+        attn, entities, layout.content_tokens, per_pixel=config.rescale == "goca", blur=config.blur
+    )
     class_maps, background_maps = scores[:, :n_classes], scores[:, n_classes:]
     if config.refine_order == "after_rescale":
         class_maps = _refine(class_maps, captured, config)  # background words stay out of propagation

@@ -25,7 +25,9 @@ def sharpen_affinity(affinity_bpp: torch.Tensor, gamma: float) -> torch.Tensor:
     return a / a.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
-def iterative_refine(maps_bkhw: torch.Tensor, affinity_bpp: torch.Tensor, steps: int, gamma: float) -> torch.Tensor:
+def iterative_refine(
+    maps_bkhw: torch.Tensor, affinity_bpp: torch.Tensor, steps: int, gamma: float
+) -> torch.Tensor:
     """iSeg-style: repeat X <- minmax(S_sharp @ X), re-sharpening S each step."""
     s = affinity_bpp.float()
     x = maps_bkhw

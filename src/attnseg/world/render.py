@@ -291,7 +291,9 @@ def pattern_ink(pattern: str, u: np.ndarray, v: np.ndarray, radius: float) -> np
         return (u < 0).astype(np.float32) * 0.7
     if pattern == "rings":
         return (np.floor(np.hypot(u, v) / 3) % 2).astype(np.float32) * 0.8
-    raise BadConfigError(f"unknown thing pattern {pattern!r}; use one of {', '.join(sorted(set(THING_PATTERNS.values())))}")
+    raise BadConfigError(
+        f"unknown thing pattern {pattern!r}; use one of {', '.join(sorted(set(THING_PATTERNS.values())))}"
+    )
 
 
 def _pattern_fill(
@@ -541,8 +543,11 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="image side in pixels (>= 64 recommended)")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    p.add_argument("--plain-things", action="store_true",
-                   help="flat-filled things without their class pattern (the first world)")
+    p.add_argument(
+        "--plain-things",
+        action="store_true",
+        help="flat-filled things without their class pattern (the first world)",
+    )
 
 
 def run_render(args: argparse.Namespace) -> int:

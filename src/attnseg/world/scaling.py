@@ -279,8 +279,12 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="*", default=None, help="model folders (default: every shipped world-*)")
     p.add_argument("--methods", nargs="*", default=["vanilla", "goca"])
     p.add_argument("--timestep", type=int, default=None, help="override the backbone's timestep")
-    p.add_argument("--tau", type=float, default=WORLD_TAU,
-                   help="background threshold (default 0: every pixel takes its best class; the world has no background)")
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=WORLD_TAU,
+        help="background threshold (default 0: every pixel takes its best class; the world has no background)",
+    )
     p.add_argument("--no-grid", action="store_true", help="skip the generation grid")
     p.add_argument("--resume", action="store_true", help="keep results already in --out for unchanged models")
     p.add_argument("--out", default="attnseg-out/world-scaling")

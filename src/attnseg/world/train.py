@@ -559,16 +559,31 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default=d.val, help="a val split for the held-out loss")
     p.add_argument("--out", default=d.out, help="checkpoint folder (git-ignored)")
     p.add_argument("--vae-steps", type=int, default=d.vae_steps)
-    p.add_argument("--list-captions", type=float, default=d.list_captions,
-                   help="share of steps captioned as a plain class list")  # fmt: skip
-    p.add_argument("--colourless", type=float, default=d.colourless,
-                   help="share of steps whose caption loses its colour words")  # fmt: skip
+    p.add_argument(
+        "--list-captions",
+        type=float,
+        default=d.list_captions,
+        help="share of steps captioned as a plain class list",
+    )
+    p.add_argument(
+        "--colourless",
+        type=float,
+        default=d.colourless,
+        help="share of steps whose caption loses its colour words",
+    )
     p.add_argument("--text-layers", type=int, default=None, help="text encoder depth (default: the size's)")
     p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per caption, pads included")
-    p.add_argument("--cross-attention-gain", type=float, default=d.cross_attention_gain,
-                   help="scale of the cross-attention query/key weights at initialisation")  # fmt: skip
-    p.add_argument("--mask-pads", action="store_true",
-                   help="hide the pad tokens from the UNet's cross-attention in training")  # fmt: skip
+    p.add_argument(
+        "--cross-attention-gain",
+        type=float,
+        default=d.cross_attention_gain,
+        help="scale of the cross-attention query/key weights at initialisation",
+    )
+    p.add_argument(
+        "--mask-pads",
+        action="store_true",
+        help="hide the pad tokens from the UNet's cross-attention in training",
+    )
     p.add_argument("--vae-only", action="store_true", help="train the shared VAE only (the first stage)")
     p.add_argument("--no-export", action="store_true", help="do not write the model into the package assets")
     p.add_argument("--export-to", default=None, help="models folder to export into (default: the package's)")

@@ -73,9 +73,16 @@ def write_defaults(model: Path, chosen: dict) -> Path:
 
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world tune` to a parser."""
-    p.add_argument("--model", default=None, help="a shipped world model's name or a model folder (default: the embedded default)")
-    p.add_argument("--root", default="world-data/tune",
-                   help="a held-out split: attnseg world render --split test --n 200 --out world-data/tune")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a shipped world model's name or a model folder (default: the embedded default)",
+    )
+    p.add_argument(
+        "--root",
+        default="world-data/tune",
+        help="a held-out split: attnseg world render --split test --n 200 --out world-data/tune",
+    )
     p.add_argument("--n", type=int, default=200, help="scenes to tune on")
     p.add_argument("--dry-run", action="store_true", help="print the choice, do not write attnseg.json")
 
