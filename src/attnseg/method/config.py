@@ -54,6 +54,27 @@ class MethodConfig:
         if self.iseg_gamma <= 0:
             raise BadConfigError(f"iseg_gamma must be > 0, got {self.iseg_gamma}")
 
+    # Derived switches: callers outside method/ ask these instead of comparing mode strings.
+    @property
+    def weights_heads(self) -> bool:
+        """(a) Heads are weighted per pixel by their share of the output (needs the output projection)."""
+        return self.head_aggregation == "goca"
+
+    @property
+    def scores_layers(self) -> bool:
+        """(b) Layers are weighted by their self-attention's similarity to the reference feature's affinity."""
+        return self.layer_aggregation == "goca"
+
+    @property
+    def rescales_per_pixel(self) -> bool:
+        """(c) Class scores are divided by the content-token sum per pixel before min-max."""
+        return self.rescale == "goca"
+
+    @property
+    def refines(self) -> bool:
+        """(d) Class maps are refined with self-attention (which must then be captured)."""
+        return self.refine != "none" and self.refine_steps > 0
+
     def to_dict(self) -> dict:
         """Plain dict for result.json."""
         return asdict(self)
@@ -89,8 +110,27 @@ METHOD_PRESETS: dict[str, MethodConfig] = {
 }
 
 
+# Settings a preset fixes as published, which a model family's preset or a model's attnseg.json may not change
+# (the user's overrides still may): the baselines keep their own propagation steps.
+PRESET_FIXED: dict[str, frozenset[str]] = {
+    "goca": frozenset(),
+    "vanilla": frozenset({"refine_steps"}),
+    "diffsegmenter": frozenset({"refine_steps"}),
+    "iseg": frozenset({"refine_steps"}),
+}
+
+
 def method_config(name: str, **overrides: object) -> MethodConfig:
     """The preset called `name`, with overrides applied."""
     if name not in METHOD_PRESETS:
         raise BadConfigError(f"unknown method {name!r}; choose one of {', '.join(METHOD_PRESETS)}")
     return METHOD_PRESETS[name].with_overrides(**overrides) if overrides else METHOD_PRESETS[name]
+
+
+def model_method_config(
+    name: str, model_defaults: dict[str, object], overrides: dict[str, object]
+) -> MethodConfig:
+    """The preset `name` for one model: `overrides`, then the model's defaults (less what the preset fixes)."""
+    fixed = PRESET_FIXED.get(name, frozenset())
+    settings = {key: value for key, value in model_defaults.items() if key not in fixed}
+    return method_config(name, **(settings | overrides))
