@@ -4,10 +4,20 @@ import pytest
 import torch
 
 from attnseg.backbones import load_backbone
-from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
+from attnseg.errors import BadConfigError
 from attnseg.method.config import MethodConfig, method_config
-from attnseg.method.heads import aggregate_heads
+from attnseg.method.heads import aggregate_heads, head_weights
 from attnseg.method.layers import layer_similarity, reference_affinity, resize_self_attention
+from attnseg.method.pipeline import TokenLayout, run_method
+from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
+
+MEAN_HEADS = MethodConfig(head_aggregation="mean")
+
+
+def _reducer(
+    latent, keep, map_size, reference_grid, propagation, config: MethodConfig = MEAN_HEADS
+) -> StreamingReducer:
+    return StreamingReducer(CapturePlan({}, map_size, reference_grid, propagation), latent, keep, config)
 
 
 def _inputs(backbone):
@@ -23,7 +33,7 @@ def test_unet_output_unchanged_by_capture(tiny_sd):
     plain = backbone.denoiser(noisy, t, **cond).sample
     config = MethodConfig()
     plan = backbone.capture_plan((16, 16), config)
-    store = CaptureStore((16, 16), 12, plan.map_size, plan.reference_grid, plan.propagation_layers)
+    store = StreamingReducer(plan, (16, 16), 12, config)
     with backbone.capturing(plan, store):
         captured_out = backbone.denoiser(noisy, t, **cond).sample
     assert torch.allclose(plain, captured_out, atol=1e-5)
@@ -40,9 +50,7 @@ def test_attend_streams_what_stored_maps_would_give():
     q, k_txt, v_txt = torch.randn(b, h, p, d), torch.randn(b, h, n, d), torch.randn(b, h, n, d)
     k_img, v_img = torch.randn(b, h, p, d), torch.randn(b, h, p, d)
     weight = torch.randn(6, h * d)
-    store = CaptureStore(
-        (4, 4), keep_tokens=3, map_size=(4, 4), reference_grid=(4, 4), propagation_layers={"L"}
-    )
+    store = _reducer((4, 4), 3, (4, 4), (4, 4), {"L"})
     feature = torch.randn(b, p, 8)
     store.set_reference(feature, (4, 4))
     out_cross = attend(
@@ -51,7 +59,7 @@ def test_attend_streams_what_stored_maps_would_give():
         v_txt,
         scale=d**-0.5,
         mask=None,
-        store=store,
+        reducer=store,
         out_proj_weight=weight,
         plan=AttentionPlan("L", read_cross=True, text_keys=slice(None)),
     )
@@ -61,7 +69,7 @@ def test_attend_streams_what_stored_maps_would_give():
         v_img,
         scale=d**-0.5,
         mask=None,
-        store=store,
+        reducer=store,
         plan=AttentionPlan("L", read_self=True, image_keys=slice(None)),
     )
     probs = (q @ k_txt.transpose(-1, -2) * d**-0.5).softmax(-1)
@@ -69,7 +77,7 @@ def test_attend_streams_what_stored_maps_would_give():
     full = aggregate_heads(probs, None)
     expected = torch.cat([full[..., :3], full[..., 3:].sum(-1, keepdim=True)], -1)
     captured = store.finish()
-    assert torch.allclose(captured.cross["mean"][0], expected, atol=1e-6)
+    assert torch.allclose(captured.cross[0], expected, atol=1e-6)
     self_attn = (q @ k_img.transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
     ref = reference_affinity(feature)
     assert torch.allclose(captured.layer_scores[0, 0], layer_similarity(ref, self_attn)[0], atol=1e-5)
@@ -81,9 +89,7 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
     torch.manual_seed(1)
     b, h, n, p, d = 1, 2, 3, 4, 4  # joint sequence: [text (3), image (4)]
     q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
-    store = CaptureStore(
-        (2, 2), keep_tokens=3, map_size=(2, 2), reference_grid=(2, 2), propagation_layers=propagation
-    )
+    store = _reducer((2, 2), 3, (2, 2), (2, 2), propagation)
     store.set_reference(torch.randn(b, p, 5), (2, 2))
     plan = AttentionPlan(
         "J",
@@ -94,14 +100,14 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
         image_keys=slice(n, n + p),
     )
     out = attend(
-        q, k, v, scale=d**-0.5, mask=None, plan=plan, store=store, out_proj_weight=torch.randn(5, h * d)
+        q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=store, out_proj_weight=torch.randn(5, h * d)
     )
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.allclose(out, reference, atol=1e-5)  # text rows and image rows both exact
     logits = q[:, :, n:] @ k.transpose(-1, -2) * d**-0.5
     captured = store.finish()
     cross = logits[..., :n].softmax(-1).mean(1)
-    assert torch.allclose(captured.cross["mean"][0][..., :3], cross, atol=1e-6)
+    assert torch.allclose(captured.cross[0][..., :3], cross, atol=1e-6)
     self_attn = logits[..., n:].softmax(-1).mean(1)
     assert torch.allclose(
         captured.layer_scores[0, 0], layer_similarity(store.reference, self_attn)[0], atol=1e-5
@@ -116,18 +122,16 @@ def test_scoring_only_layers_compute_just_the_reference_rows():
     torch.manual_seed(2)
     b, h, p, d = 1, 2, 64, 4  # an 8×8 layer scored against a 4×4 reference
     q, k, v = (torch.randn(b, h, p, d) for _ in range(3))
-    store = CaptureStore(
-        (8, 8), keep_tokens=2, map_size=(8, 8), reference_grid=(4, 4), propagation_layers=set()
-    )
+    store = _reducer((8, 8), 2, (8, 8), (4, 4), set())
     store.set_reference(torch.randn(b, 16, 6), (4, 4))
-    store.add_cross("S", torch.softmax(torch.randn(b, h, p, 3), -1), torch.full((b, h, p), 0.5), (8, 8))
+    store.add_cross("S", torch.softmax(torch.randn(b, h, p, 3), -1), (8, 8), torch.randn(b, h, p, d), None)
     out = attend(
         q,
         k,
         v,
         scale=d**-0.5,
         mask=None,
-        store=store,
+        reducer=store,
         plan=AttentionPlan("S", read_self=True, image_keys=slice(None)),
     )
     assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
@@ -160,4 +164,55 @@ def test_propagation_layers_knob_picks_the_last_finest_decoder_layers(tiny_sd):
     }
     last = backbone.capture_plan((16, 16), method_config("goca", propagation_layers=1))
     assert last.propagation_layers == {"up_blocks.2.attentions.1.transformer_blocks.0"}
-    assert not backbone.capture_plan((16, 16), method_config("goca", refine="none")).propagation_layers
+
+
+@pytest.mark.parametrize("propagation", [{"J"}, set()], ids=["propagation-path", "fused-path"])
+def test_goca_heads_are_weighted_by_the_output_and_mean_heads_never_compute_weights(propagation, monkeypatch):
+    torch.manual_seed(3)
+    b, h, n, p, d = 1, 3, 3, 4, 4  # joint sequence: [text (3), image (4)]
+    q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
+    weight = torch.randn(5, h * d)
+    plan = AttentionPlan(
+        "J",
+        read_cross=True,
+        read_self=True,
+        image_queries=slice(n, n + p),
+        text_keys=slice(0, n),
+        image_keys=slice(n, n + p),
+    )
+    captured = {}
+    for heads in ("goca", "mean"):
+        store = _reducer((2, 2), 3, (2, 2), None, propagation, MethodConfig(head_aggregation=heads))
+        attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=store, out_proj_weight=weight)
+        captured[heads] = store.finish()
+        assert captured[heads].head_aggregation == heads
+    out_img = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, n:]
+    probs = (q[:, :, n:] @ k[:, :, :n].transpose(-1, -2) * d**-0.5).softmax(-1)
+    goca = aggregate_heads(probs, head_weights(out_img, weight))
+    assert len(captured["goca"].cross) == 1 and torch.allclose(
+        captured["goca"].cross[0][..., :3], goca, atol=1e-5
+    )
+    assert torch.allclose(captured["mean"].cross[0][..., :3], probs.mean(1), atol=1e-6)
+    assert not torch.allclose(goca, probs.mean(1), atol=1e-4)
+
+    def refuse(*args):
+        raise AssertionError("head weights computed for a mean-heads config")
+
+    monkeypatch.setattr("attnseg.method.streaming.head_weights", refuse)
+    store = _reducer((2, 2), 3, (2, 2), None, propagation, MEAN_HEADS)
+    attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=store, out_proj_weight=weight)
+    assert torch.equal(store.finish().cross[0], captured["mean"].cross[0])
+
+
+def test_method_refuses_a_capture_reduced_for_other_heads():
+    store = _reducer((2, 2), 2, (2, 2), None, set(), MEAN_HEADS)
+    store.add_cross("L", torch.softmax(torch.randn(1, 2, 4, 3), -1), (2, 2), torch.randn(1, 2, 4, 4), None)
+    layout = TokenLayout([[[0]]], [], [0], [])
+    assert run_method(store.finish(), layout, method_config("vanilla", refine="none")).class_maps.shape == (
+        1,
+        1,
+        2,
+        2,
+    )
+    with pytest.raises(BadConfigError, match="capture again"):
+        run_method(store.finish(), layout, method_config("goca", refine="none"))

@@ -16,7 +16,7 @@ from PIL import Image
 from attnseg.backbones import Backbone, load_backbone
 from attnseg.errors import BadClassesError, BadConfigError
 from attnseg.io import DEFAULT_MAX_PIXELS, load_image, prepare_image
-from attnseg.method.config import MethodConfig, method_config
+from attnseg.method.config import MethodConfig, method_config, model_method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import run_method
 from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
@@ -57,11 +57,8 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def config_for(backbone: Backbone, method: str, **overrides: object) -> MethodConfig:
     """The method's settings for this model: your overrides, then its attnseg.json, then its family preset."""
-    settings = {"refine_steps": backbone.preset.refine_steps} if method == "goca" else {}
-    settings |= {
-        k: v for k, v in backbone.defaults["method"].items() if k != "refine_steps" or method == "goca"
-    }
-    return method_config(method, **(settings | overrides))
+    defaults = {"refine_steps": backbone.preset.refine_steps} | backbone.defaults["method"]
+    return model_method_config(method, defaults, overrides)
 
 
 def _peak_rss_bytes() -> int:

@@ -5,24 +5,24 @@ from __future__ import annotations
 import contextlib
 
 from attnseg.backbones import FAMILIES
-from attnseg.backbones.capture import CaptureStore
 from attnseg.errors import BadCheckpointError, BadConfigError
 from attnseg.method.config import method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
+from attnseg.method.streaming import StreamingReducer
 from attnseg.prompts import parse_classes
 from attnseg.segmentation import Segmentation
 from attnseg.segmentor import config_for
 
 
-class _CurrentStore:
-    """Forwards the capture calls to the store of the denoiser call in progress."""
+class _CurrentReducer:
+    """Forwards the capture calls to the reducer of the denoiser call in progress."""
 
     def __init__(self) -> None:
-        self.store: CaptureStore | None = None
+        self.reducer: StreamingReducer | None = None
 
     def __getattr__(self, name: str):
-        return getattr(self.__dict__["store"], name)
+        return getattr(self.__dict__["reducer"], name)
 
 
 class Trace:
@@ -40,7 +40,7 @@ class Trace:
         self.backbone = family(components, type(pipe).__name__, denoiser.device, denoiser.dtype)
         self.config = config_for(self.backbone, method, **overrides)
         self.keep_tokens = keep_tokens
-        self.proxy = _CurrentStore()
+        self.proxy = _CurrentReducer()
         self.sum: CapturedAttention | None = None
         self.steps = 0
         self._hooks: list = []
@@ -51,22 +51,14 @@ class Trace:
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         latent = self.backbone.latent_grid(sample)
         plan = self.backbone.capture_plan(latent, self.config)
-        self.proxy.store = CaptureStore(
-            latent,
-            self.keep_tokens,
-            plan.map_size,
-            plan.reference_grid,
-            plan.propagation_layers,
-            self.config.renormalize_resized_rows,
-            self.config.reference_channel0,
-        )
+        self.proxy.reducer = StreamingReducer(plan, latent, self.keep_tokens, self.config)
         if not self._installed:  # processors are installed once, on the first call, and read the proxy
             self._stack.enter_context(self.backbone.capturing(plan, self.proxy))
             self._installed = True
 
     def _after(self, module, args, kwargs, output) -> None:
-        captured = self.proxy.store.finish()
-        rows = captured.cross["mean"][0].shape[0]
+        captured = self.proxy.reducer.finish()
+        rows = captured.cross[0].shape[0]
         captured = captured.rows(
             list(range(rows // 2, rows)) if rows % 2 == 0 and rows > 1 else list(range(rows))
         )
@@ -126,10 +118,8 @@ class Trace:
 def _combine(a: CapturedAttention, b: CapturedAttention | None, fa: float, fb: float) -> CapturedAttention:
     mix = lambda x, y: None if x is None else (x * fa if y is None else x * fa + y * fb)  # noqa: E731
     return CapturedAttention(
-        cross={
-            m: [mix(x, None if b is None else y) for x, y in zip(a.cross[m], b.cross[m] if b else a.cross[m])]
-            for m in a.cross
-        },
+        cross=[mix(x, None if b is None else y) for x, y in zip(a.cross, b.cross if b else a.cross)],
+        head_aggregation=a.head_aggregation,
         grids=a.grids,
         layer_scores=mix(a.layer_scores, None if b is None else b.layer_scores),
         affinity=mix(a.affinity, None if b is None else b.affinity),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 import attnseg
-from attnseg.backbones.capture import CaptureStore
+from attnseg.method.streaming import StreamingReducer
 
 CLASSES = ["cat", "grass", "zebra"]  # 'zebra' is not in the tiny vocabularies: it splits into pieces
 
@@ -54,8 +55,11 @@ def segment_and_check(folder, expected_layers: list[str]) -> tuple[attnseg.Segme
     return seg, result
 
 
-def check_capture_is_transparent(seg: attnseg.Segmentor, prompt: str) -> CaptureStore:
-    """The denoiser's output with capture processors installed equals the output without them."""
+def check_capture_is_transparent(seg: attnseg.Segmentor, prompt: str) -> StreamingReducer:
+    """The denoiser's output with capture processors installed equals the output without them.
+
+    Captures with GoCA heads and with mean heads (the reducer keeps one mode) and returns the mean-heads reducer.
+    """
     backbone = seg.backbone
     size = backbone.preset.native_size
     pixels = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -63,25 +67,23 @@ def check_capture_is_transparent(seg: attnseg.Segmentor, prompt: str) -> Capture
     noisy, timestep = backbone.add_noise(latents, torch.Generator().manual_seed(0))
     cond = backbone.encode_text([prompt])
     latent_size = backbone.latent_grid(noisy)
-    plan = backbone.capture_plan(latent_size, seg.config)
     original = dict(backbone.denoiser.attn_processors)
     plain = backbone.run_denoiser(noisy, timestep, cond)
-    store = CaptureStore(
-        latent_size=latent_size,
-        keep_tokens=16,
-        map_size=plan.map_size,
-        reference_grid=plan.reference_grid,
-        propagation_layers=plan.propagation_layers,
-    )
-    with backbone.capturing(plan, store):
-        captured = backbone.run_denoiser(noisy, timestep, cond)
-    assert isinstance(plain, torch.Tensor) and plain.shape == captured.shape
-    assert torch.allclose(plain, captured, atol=1e-5), float((plain - captured).abs().max())
-    restored = dict(backbone.denoiser.attn_processors)
-    assert restored.keys() == original.keys() and all(restored[k] is original[k] for k in original)
-    assert store.layer_order, "no capture processor ran"
-    for (
-        layer
-    ) in store.cross_goca:  # the output projection reached the head weights: GoCA is not the plain mean
-        assert not torch.allclose(store.cross_goca[layer], store.cross_mean[layer], atol=1e-6), layer
-    return store
+    reducers = {}
+    for heads in ("goca", "mean"):
+        config = dataclasses.replace(seg.config, head_aggregation=heads)
+        plan = backbone.capture_plan(latent_size, config)
+        reducer = StreamingReducer(plan, latent_size, keep_tokens=16, config=config)
+        with backbone.capturing(plan, reducer):
+            captured = backbone.run_denoiser(noisy, timestep, cond)
+        assert isinstance(plain, torch.Tensor) and plain.shape == captured.shape
+        assert torch.allclose(plain, captured, atol=1e-5), float((plain - captured).abs().max())
+        restored = dict(backbone.denoiser.attn_processors)
+        assert restored.keys() == original.keys() and all(restored[k] is original[k] for k in original)
+        assert reducer.layer_order, "no capture processor ran"
+        reducers[heads] = reducer
+    goca, mean = reducers["goca"], reducers["mean"]
+    assert goca.cross.keys() == mean.cross.keys()
+    for layer in goca.cross:  # the output projection reached the head weights: GoCA is not the plain mean
+        assert not torch.allclose(goca.cross[layer], mean.cross[layer], atol=1e-6), layer
+    return mean

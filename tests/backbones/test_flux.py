@@ -32,12 +32,12 @@ def test_flux_segments_end_to_end(tmp_path, guidance):
     ids = backbone.tokenizer(text).input_ids
     check_token_spans(result, backbone.tokenizer, ids, offset=0)  # T5 tokens only, first in the sequence
 
-    store = check_capture_is_transparent(seg, text)
-    assert store.layer_order == layers
-    assert store.grids == {name: (8, 8) for name in layers}  # 16² latent packed 2×2
-    assert store.reference is not None and store.affinity_count == len(layers)
+    reducer = check_capture_is_transparent(seg, text)
+    assert reducer.layer_order == layers
+    assert reducer.grids == {name: (8, 8) for name in layers}  # 16² latent packed 2×2
+    assert reducer.reference is not None and reducer.affinity_count == len(layers)
     # Self-attention of the layers before the reference waited for it, then all were scored.
-    assert not store.pending and set(store.scores) == set(layers)
+    assert not reducer.pending and set(reducer.scores) == set(layers)
     for layer in layers:
-        rows = store.cross_mean[layer].sum(-1)
+        rows = reducer.cross[layer].sum(-1)
         assert float((rows - 1).abs().max()) < 1e-4

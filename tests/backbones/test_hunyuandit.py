@@ -22,7 +22,7 @@ def test_hunyuandit_segments_end_to_end(tmp_path):
     ids = backbone.tokenizer(text).input_ids
     check_token_spans(result, backbone.tokenizer, ids, offset=0)  # BERT tokens come first in the keys
 
-    store = check_capture_is_transparent(seg, text)
-    assert store.layer_order == layers
-    assert store.grids == {name: (8, 8) for name in layers}  # 16² latent, patch 2
-    assert store.reference is not None and store.affinity_count == len(layers)
+    reducer = check_capture_is_transparent(seg, text)
+    assert reducer.layer_order == layers
+    assert reducer.grids == {name: (8, 8) for name in layers}  # 16² latent, patch 2
+    assert reducer.reference is not None and reducer.affinity_count == len(layers)

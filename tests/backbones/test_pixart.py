@@ -29,11 +29,11 @@ def test_pixart_segments_end_to_end(tmp_path, sigma):
     assert "▁" in backbone.tokenizer.convert_ids_to_tokens(ids)  # 'zebra' brings a lone word-boundary piece
     check_token_spans(result, backbone.tokenizer, ids, offset=0)
 
-    store = check_capture_is_transparent(seg, text)
-    assert store.layer_order == layers
-    assert store.grids == {name: (8, 8) for name in layers}  # 16² latent, patch 2
-    assert store.reference is not None and store.affinity_count == 2
+    reducer = check_capture_is_transparent(seg, text)
+    assert reducer.layer_order == layers
+    assert reducer.grids == {name: (8, 8) for name in layers}  # 16² latent, patch 2
+    assert reducer.reference is not None and reducer.affinity_count == 2
     # The T5 padding is masked out of cross-attention: the columns past the prompt hold no attention.
     assert len(ids) < 16
     for layer in layers:
-        assert float(store.cross_mean[layer][..., len(ids) :].sum(-1).max()) < 1e-3
+        assert float(reducer.cross[layer][..., len(ids) :].sum(-1).max()) < 1e-3

@@ -29,11 +29,11 @@ def test_sd3_segments_end_to_end(tmp_path, with_t5, sd35):
     offset = 77 if with_t5 else 0  # T5 tokens sit after the 77 CLIP positions in the joint text sequence
     check_token_spans(result, backbone.tokenizer, ids, offset=offset)
 
-    store = check_capture_is_transparent(seg, text)
-    assert store.layer_order == layers
-    assert store.grids == {name: (8, 8) for name in layers}  # 16² latent, patch 2
-    assert store.reference is not None and store.affinity_count == 2
+    reducer = check_capture_is_transparent(seg, text)
+    assert reducer.layer_order == layers
+    assert reducer.grids == {name: (8, 8) for name in layers}  # 16² latent, patch 2
+    assert reducer.reference is not None and reducer.affinity_count == 2
     # Cross-attention is the softmax over the text keys alone: each pixel's row sums to 1 over all columns.
     for layer in layers:
-        rows = store.cross_mean[layer].sum(-1)
+        rows = reducer.cross[layer].sum(-1)
         assert float((rows - 1).abs().max()) < 1e-4

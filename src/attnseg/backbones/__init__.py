@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan
+from attnseg.backbones.base import Backbone, BackbonePreset
 from attnseg.backbones.flux import FluxBackbone
 from attnseg.backbones.hunyuan import HunyuanDiTBackbone
 from attnseg.backbones.loading import check_weights, load_components, read_model_index, resolve_model
@@ -14,6 +14,7 @@ from attnseg.backbones.pixart import PixArtAlphaBackbone, PixArtSigmaBackbone
 from attnseg.backbones.sd3 import SD3Backbone
 from attnseg.backbones.unet import SDXLBackbone, UNetBackbone
 from attnseg.errors import BadCheckpointError
+from attnseg.method.streaming import CapturePlan
 
 FAMILIES: list[type[Backbone]] = [
     UNetBackbone,

@@ -3,38 +3,56 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from attnseg.backbones.capture import AttentionPlan, CaptureStore
 from attnseg.backbones.processors import CaptureAttnProcessor
 from attnseg.method.config import MethodConfig
 from attnseg.method.pipeline import CapturedAttention
+from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer
 from attnseg.prompts import DEFAULT_TEMPLATE, PromptBuilder
 
 
 @dataclass(frozen=True)
 class BackbonePreset:
-    """Per-family defaults: input size, noise level, refinement steps (data, not branches)."""
+    """Per-family defaults: input size, noise level, reference layer, refinement steps (data, not branches)."""
 
     native_size: int
     timestep: int = 100  # DDPM-style models: t of num_train_timesteps
     sigma: float | None = None  # flow-matching models: the noise level instead of t
     refine_steps: int = 2
     propagation_layers: int = 0  # how many of the finest layers (the last ones) propagation averages; 0 = all
+    # (b) The reference feature F. DiTs: the block (forward order) whose feature it is; None, or a model with
+    # fewer blocks: the middle block. UNets: the first cross-attention query of this up level, counting the up
+    # levels that have attention (the last one if there are fewer).
+    reference_block: int | None = None
+    reference_up_level: int = 1
 
 
-@dataclass
-class CapturePlan:
-    """Which attention calls are read, and the grids the store needs before the forward runs."""
+def shared_noise(latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One noise draw shared by every row: a row's result does not depend on what it is batched with."""
+    noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
+    return noise.to(latents).expand_as(latents)
 
-    plans: dict[str, AttentionPlan]  # attention module name → plan
-    map_size: tuple[int, int]
-    reference_grid: tuple[int, int] | None
-    propagation_layers: set[str] = field(default_factory=set)
+
+def ddpm_add_noise(
+    scheduler, latents: torch.Tensor, generator: torch.Generator, t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε from the scheduler's ᾱ, and the timestep tensor."""
+    noise = shared_noise(latents, generator)
+    # Multistep solvers (PixArt ships DPM-Solver) keep inference state in add_noise; ᾱ_t is all we need.
+    alpha_bar = scheduler.alphas_cumprod[t].to(torch.float32).item()
+    noisy = alpha_bar**0.5 * latents + (1 - alpha_bar) ** 0.5 * noise
+    return noisy, torch.full((latents.shape[0],), t, dtype=torch.long, device=latents.device)
+
+
+def flow_add_noise(latents: torch.Tensor, generator: torch.Generator, sigma: float) -> torch.Tensor:
+    """Rectified-flow noising x_σ = (1 − σ)·x0 + σ·ε."""
+    return (1.0 - sigma) * latents + sigma * shared_noise(latents, generator)
 
 
 def pick_propagation_layers(candidates: list[str], config: MethodConfig, preset: BackbonePreset) -> set[str]:
@@ -42,7 +60,7 @@ def pick_propagation_layers(candidates: list[str], config: MethodConfig, preset:
 
     Propagation layers cost the most to read (every probability of the finest grid), so N is a preset.
     """
-    if config.refine == "none" or config.refine_steps == 0:
+    if not config.refines:
         return set()
     n = preset.propagation_layers if config.propagation_layers is None else config.propagation_layers
     return set(candidates[-n:] if n else candidates)
@@ -60,7 +78,7 @@ def transformer_blocks_plan(
 
     Every block's cross-attention is read; the reference is block `reference`'s cross-attention query.
     """
-    score_layers = config.layer_aggregation == "goca"
+    score_layers = config.scores_layers
     layers = [f"{prefix}.{index}" for index in range(n_blocks)]
     propagation = pick_propagation_layers(layers, config, preset)
     plans = {}
@@ -86,10 +104,14 @@ class Backbone:
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
-        self.preset = self.default_preset
+        self.preset = dataclasses.replace(self.default_preset, native_size=self.native_size())
         self.defaults: dict = {"method": {}, "template": None}  # from a model's attnseg.json, if it has one
 
     # -- what a family provides -------------------------------------------------------------------------
+    def native_size(self) -> int:
+        """The square image size the model was trained at: its latent sample size × the VAE's downsampling."""
+        return int(self.denoiser.config.sample_size) * self.vae_factor
+
     @property
     def denoiser(self) -> torch.nn.Module:
         """The UNet or transformer whose attention is read."""
@@ -131,9 +153,7 @@ class Backbone:
         self, latents: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Noisy latents at the preset's timestep, and the timestep tensor to pass to the denoiser."""
-        # One noise draw shared by every row: a row's result does not depend on what it is batched with.
-        noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
-        noise = noise.to(latents).expand_as(latents)
+        noise = shared_noise(latents, generator)
         t = torch.full((latents.shape[0],), self.preset.timestep, dtype=torch.long, device=latents.device)
         return self.components["scheduler"].add_noise(latents, noise, t), t
 
@@ -145,18 +165,29 @@ class Backbone:
         """Which attention calls to read for this input size and method."""
         raise NotImplementedError
 
-    def make_processor(self, module_name: str, plan: AttentionPlan, store: CaptureStore):
+    def make_processor(self, module_name: str, plan: AttentionPlan, reducer: StreamingReducer):
         """The capture processor for one attention module (families with other attention classes override)."""
-        return CaptureAttnProcessor(plan, store)
+        return CaptureAttnProcessor(plan, reducer)
 
     # -- shared ----------------------------------------------------------------------------------------
+    @property
+    def vae_factor(self) -> int:
+        """How much the VAE downsamples (8 when there is no VAE to ask)."""
+        vae = self.components.get("vae")
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+
+    def reference_index(self, n_blocks: int) -> int:
+        """The DiT block whose feature is the reference: the preset's, or the middle one."""
+        block = self.preset.reference_block
+        return block if block is not None and n_blocks > block else n_blocks // 2
+
     @classmethod
     def detect(cls, model_index: dict) -> bool:
         """Whether a diffusers folder's model_index.json belongs to this family."""
         return model_index.get("_class_name") in cls.pipeline_classes
 
     @contextlib.contextmanager
-    def capturing(self, plan: CapturePlan, store: CaptureStore) -> Iterator[None]:
+    def capturing(self, plan: CapturePlan, reducer: StreamingReducer) -> Iterator[None]:
         """Install capture processors on the read modules; always restore the originals."""
         denoiser = self.denoiser
         original = dict(denoiser.attn_processors)
@@ -164,7 +195,7 @@ class Backbone:
         for key in original:
             module_name = key.removesuffix(".processor")
             if module_name in plan.plans:
-                replaced[key] = self.make_processor(module_name, plan.plans[module_name], store)
+                replaced[key] = self.make_processor(module_name, plan.plans[module_name], reducer)
         denoiser.set_attn_processor(replaced)
         try:
             yield
@@ -186,18 +217,10 @@ class Backbone:
         cond = self.encode_text(prompts)
         latent_size = self.latent_grid(noisy)
         plan = self.capture_plan(latent_size, config)
-        store = CaptureStore(
-            latent_size=latent_size,
-            keep_tokens=keep_tokens,
-            map_size=plan.map_size,
-            reference_grid=plan.reference_grid,
-            propagation_layers=plan.propagation_layers,
-            renormalize_rows=config.renormalize_resized_rows,
-            reference_channel0=config.reference_channel0,
-        )
-        with self.capturing(plan, store):
+        reducer = StreamingReducer(plan, latent_size, keep_tokens, config)
+        with self.capturing(plan, reducer):
             self.run_denoiser(noisy, timestep, cond)
-        return store.finish(), store.peak_bytes
+        return reducer.finish(), reducer.peak_bytes
 
     def latent_grid(self, latents: torch.Tensor) -> tuple[int, int]:
         """The h×w of the latent that image tokens are laid out on (before any patching)."""

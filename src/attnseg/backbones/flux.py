@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_propagation_layers
-from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
-from attnseg.backbones.sd3 import flow_add_noise
+from attnseg.backbones.base import Backbone, BackbonePreset, flow_add_noise, pick_propagation_layers
 from attnseg.method.config import MethodConfig
+from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
 
-# METHOD.md (b): the reference is the output of block 27, counting double-stream then single-stream blocks.
-REFERENCE_BLOCK = 27
 GUIDANCE = 3.5  # the FluxPipeline default, for guidance-distilled (dev-style) transformers
 
 
@@ -28,10 +24,10 @@ class FluxCaptureProcessor:
     """
 
     def __init__(
-        self, plan: AttentionPlan, store: CaptureStore, out_proj_weight: torch.Tensor | None
+        self, plan: AttentionPlan, reducer: StreamingReducer, out_proj_weight: torch.Tensor | None
     ) -> None:
         self.plan = plan
-        self.store = store
+        self.reducer = reducer
         # C_out×C: maps this call's attention output (heads concatenated) to the block output.
         self.out_proj_weight = out_proj_weight
 
@@ -74,7 +70,7 @@ class FluxCaptureProcessor:
             scale=query.shape[-1] ** -0.5,
             mask=attention_mask,
             plan=self.plan,
-            store=self.store,
+            reducer=self.reducer,
             out_proj_weight=self.out_proj_weight,
         )
         out = out.transpose(1, 2).flatten(2).to(query.dtype)
@@ -91,17 +87,18 @@ class FluxBackbone(Backbone):
     family = "flux"
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline")
     description = "FLUX.1 DiT (T5 text tokens, CLIP pooled; double- and single-stream joint attention)"
-    default_preset = BackbonePreset(native_size=1024, timestep=150, sigma=0.15, refine_steps=2)
+    # METHOD.md (b): the reference is the output of block 27, counting double-stream then single-stream blocks.
+    default_preset = BackbonePreset(
+        native_size=1024, timestep=150, sigma=0.15, refine_steps=2, reference_block=27
+    )
     t5_tokens = 512  # the pipeline's max_sequence_length
 
-    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(components, model_id, device, dtype)
-        # The transformer has no sample size; the VAE's (1024 for FLUX.1) is the size the model was trained at.
+    def native_size(self) -> int:
+        """The transformer has no sample size; the VAE's (1024 for FLUX.1) is the size the model was trained at."""
         size = self.default_preset.native_size
-        if "vae" in components:
-            size = int(getattr(components["vae"].config, "sample_size", size) or size)
-        preset = self.default_preset
-        self.preset = dataclasses.replace(preset, native_size=size)
+        if "vae" in self.components:
+            size = int(getattr(self.components["vae"].config, "sample_size", size) or size)
+        return size
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -181,9 +178,9 @@ class FluxBackbone(Backbone):
 
     def _reference_block(self) -> str:
         blocks = self._blocks()
-        return blocks[REFERENCE_BLOCK if len(blocks) > REFERENCE_BLOCK else len(blocks) // 2]
+        return blocks[self.reference_index(len(blocks))]
 
-    def make_processor(self, module_name: str, plan: AttentionPlan, store: CaptureStore):
+    def make_processor(self, module_name: str, plan: AttentionPlan, reducer: StreamingReducer):
         block = self.denoiser.get_submodule(module_name.rsplit(".", 1)[0])
         attn = block.attn
         if module_name.startswith("single_transformer_blocks."):
@@ -191,14 +188,14 @@ class FluxBackbone(Backbone):
             weight = block.proj_out.weight[:, : attn.to_q.out_features]
         else:
             weight = attn.to_out[0].weight
-        return FluxCaptureProcessor(plan, store, weight)
+        return FluxCaptureProcessor(plan, reducer, weight)
 
     def capture_plan(self, latent_size: tuple[int, int], config: MethodConfig) -> CapturePlan:
         grid = (latent_size[0] // 2, latent_size[1] // 2)  # 2×2 packing
         positions = grid[0] * grid[1]
         # [text, image] in both kinds of block; slicing from the end leaves the text length to the prompt.
         image = slice(-positions, None)
-        score_layers = config.layer_aggregation == "goca"
+        score_layers = config.scores_layers
         blocks = list(self._blocks())
         propagation = pick_propagation_layers(blocks, config, self.preset)  # one token grid throughout
         plans = {}
@@ -214,9 +211,9 @@ class FluxBackbone(Backbone):
         return CapturePlan(plans, grid, grid if score_layers else None, propagation)
 
     @contextlib.contextmanager
-    def capturing(self, plan: CapturePlan, store: CaptureStore) -> Iterator[None]:
-        """Capture processors, plus a hook that hands the reference block's image output to the store."""
-        with super().capturing(plan, store):
+    def capturing(self, plan: CapturePlan, reducer: StreamingReducer) -> Iterator[None]:
+        """Capture processors, plus a hook that hands the reference block's image output to the reducer."""
+        with super().capturing(plan, reducer):
             handle = None
             if plan.reference_grid is not None:
                 grid = plan.reference_grid
@@ -226,7 +223,7 @@ class FluxBackbone(Backbone):
                     # Recent diffusers return (text, image) from both block kinds; older single-stream blocks
                     # returned the joined [text, image] sequence.
                     image = output[1] if isinstance(output, tuple) else output[:, -positions:]
-                    store.set_reference(image, grid)
+                    reducer.set_reference(image, grid)
 
                 block = self.denoiser.get_submodule(self._reference_block())
                 handle = block.register_forward_hook(take_reference)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, transformer_blocks_plan
-from attnseg.backbones.pixart import ddpm_add_noise
+from attnseg.backbones.base import Backbone, BackbonePreset, ddpm_add_noise, transformer_blocks_plan
 from attnseg.method.config import MethodConfig
+from attnseg.method.streaming import CapturePlan
 
 
 def _crop_region(grid: tuple[int, int], base: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -29,16 +27,8 @@ class HunyuanDiTBackbone(Backbone):
     pipeline_classes = ("HunyuanDiTPipeline",)
     description = "HunyuanDiT (bilingual BERT + mT5 text encoders, RoPE attention)"
     # refine_steps as PixArt, the closest family (one token grid, cross-attention blocks); not tuned.
-    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=5)
-
-    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(components, model_id, device, dtype)
-        sample = int(self.denoiser.config.sample_size)
-        self.vae_factor = (
-            2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
-        )
-        preset = self.default_preset
-        self.preset = dataclasses.replace(preset, native_size=sample * self.vae_factor)
+    # METHOD.md names no HunyuanDiT reference: the middle block's cross-attention query, as for small PixArts.
+    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=5, reference_block=None)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -104,6 +94,6 @@ class HunyuanDiTBackbone(Backbone):
         patch = int(self.denoiser.config.patch_size)
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         n_blocks = len(self.denoiser.blocks)
-        # METHOD.md names no HunyuanDiT reference: the middle block's cross-attention query, as for small PixArts.
-        reference = n_blocks // 2
-        return transformer_blocks_plan("blocks", n_blocks, reference, grid, config, self.preset)
+        return transformer_blocks_plan(
+            "blocks", n_blocks, self.reference_index(n_blocks), grid, config, self.preset
+        )

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, transformer_blocks_plan
+from attnseg.backbones.base import Backbone, BackbonePreset, ddpm_add_noise, transformer_blocks_plan
 from attnseg.method.config import MethodConfig
+from attnseg.method.streaming import CapturePlan
 
-REFERENCE_BLOCK = 13  # METHOD.md (b): PixArt's reference feature is block 13's query
-
-
-def ddpm_add_noise(
-    scheduler, latents: torch.Tensor, generator: torch.Generator, t: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε from the scheduler's ᾱ, one noise draw shared by every row."""
-    noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
-    noise = noise.to(latents).expand_as(latents)
-    # Multistep solvers (PixArt ships DPM-Solver) keep inference state in add_noise; ᾱ_t is all we need.
-    alpha_bar = scheduler.alphas_cumprod[t].to(torch.float32).item()
-    noisy = alpha_bar**0.5 * latents + (1 - alpha_bar) ** 0.5 * noise
-    return noisy, torch.full((latents.shape[0],), t, dtype=torch.long, device=latents.device)
+# METHOD.md (b): PixArt's reference feature is block 13's query (the middle block for smaller models).
+PRESET = BackbonePreset(native_size=1024, timestep=100, refine_steps=5, reference_block=13)
 
 
 class PixArtAlphaBackbone(Backbone):
@@ -30,16 +18,8 @@ class PixArtAlphaBackbone(Backbone):
     family = "pixart-alpha"
     pipeline_classes = ("PixArtAlphaPipeline",)
     description = "PixArt-α DiT (T5 text encoder, 120 tokens)"
-    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=5)
+    default_preset = PRESET
     text_tokens = 120  # the pipeline's max_sequence_length
-
-    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(components, model_id, device, dtype)
-        # Native size = the transformer's latent size × the VAE's downsampling (512 or 1024 for PixArt).
-        sample = int(self.denoiser.config.sample_size)
-        factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
-        preset = self.default_preset
-        self.preset = dataclasses.replace(preset, native_size=sample * factor)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -84,7 +64,7 @@ class PixArtAlphaBackbone(Backbone):
         patch = int(self.denoiser.config.patch_size)
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         n_blocks = len(self.denoiser.transformer_blocks)
-        reference = REFERENCE_BLOCK if n_blocks > REFERENCE_BLOCK else n_blocks // 2
+        reference = self.reference_index(n_blocks)
         return transformer_blocks_plan("transformer_blocks", n_blocks, reference, grid, config, self.preset)
 
 
@@ -94,5 +74,5 @@ class PixArtSigmaBackbone(PixArtAlphaBackbone):
     family = "pixart-sigma"
     pipeline_classes = ("PixArtSigmaPipeline",)
     description = "PixArt-Σ DiT (T5 text encoder, 300 tokens)"
-    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=5)
+    default_preset = PRESET
     text_tokens = 300

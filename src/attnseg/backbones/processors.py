@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
+from attnseg.method.streaming import AttentionPlan, StreamingReducer, attend
 
 
 class CaptureAttnProcessor:
     """Computes the attention like diffusers' default processor, routing the product through `attend`."""
 
-    def __init__(self, plan: AttentionPlan, store: CaptureStore) -> None:
+    def __init__(self, plan: AttentionPlan, reducer: StreamingReducer) -> None:
         self.plan = plan
-        self.store = store
+        self.reducer = reducer
 
     def __call__(
         self,
@@ -65,7 +65,7 @@ class CaptureAttnProcessor:
             scale=attn.scale,
             mask=attention_mask,
             plan=self.plan,
-            store=self.store,
+            reducer=self.reducer,
             out_proj_weight=attn.to_out[0].weight,
         )
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)

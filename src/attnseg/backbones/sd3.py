@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_propagation_layers
-from attnseg.backbones.capture import AttentionPlan, CaptureStore, attend
+from attnseg.backbones.base import Backbone, BackbonePreset, flow_add_noise, pick_propagation_layers
 from attnseg.method.config import MethodConfig
+from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
 from attnseg.prompts import DEFAULT_TEMPLATE, PromptBuilder
-
-
-def flow_add_noise(latents: torch.Tensor, generator: torch.Generator, sigma: float) -> torch.Tensor:
-    """Rectified-flow noising x_σ = (1 − σ)·x0 + σ·ε, one noise draw shared by every row."""
-    noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
-    noise = noise.to(latents).expand_as(latents)
-    return (1.0 - sigma) * latents + sigma * noise
 
 
 class SD3CaptureProcessor:
@@ -30,9 +21,9 @@ class SD3CaptureProcessor:
     attention) are computed the same way and read nothing.
     """
 
-    def __init__(self, plan: AttentionPlan, store: CaptureStore) -> None:
+    def __init__(self, plan: AttentionPlan, reducer: StreamingReducer) -> None:
         self.plan = plan
-        self.store = store
+        self.reducer = reducer
 
     def __call__(
         self,
@@ -76,7 +67,7 @@ class SD3CaptureProcessor:
             scale=attn.scale,
             mask=None,
             plan=self.plan if joint else None,
-            store=self.store,
+            reducer=self.reducer,
             out_proj_weight=attn.to_out[0].weight,
         )
         out = out.transpose(1, 2).flatten(2).to(query.dtype)
@@ -95,17 +86,11 @@ class SD3Backbone(Backbone):
     family = "sd3"
     pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
     description = "Stable Diffusion 3 / 3.5 MMDiT (CLIP-L, CLIP-G and optional T5; joint attention)"
-    default_preset = BackbonePreset(native_size=1024, timestep=150, sigma=0.15, refine_steps=2)
+    # METHOD.md names no SD3 reference: the middle block's image query, the rule used for small PixArts.
+    default_preset = BackbonePreset(
+        native_size=1024, timestep=150, sigma=0.15, refine_steps=2, reference_block=None
+    )
     t5_tokens = 256  # the pipeline's max_sequence_length
-
-    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(components, model_id, device, dtype)
-        sample = int(self.denoiser.config.sample_size)
-        factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
-        sigma = self.default_preset.sigma
-        self.preset = dataclasses.replace(
-            self.default_preset, native_size=sample * factor, timestep=round(sigma * 1000)
-        )
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -168,17 +153,16 @@ class SD3Backbone(Backbone):
             noisy.to(self.dtype), timestep=timestep.to(self.dtype), return_dict=False, **cond
         )[0]
 
-    def make_processor(self, module_name: str, plan: AttentionPlan, store: CaptureStore):
-        return SD3CaptureProcessor(plan, store)
+    def make_processor(self, module_name: str, plan: AttentionPlan, reducer: StreamingReducer):
+        return SD3CaptureProcessor(plan, reducer)
 
     def capture_plan(self, latent_size: tuple[int, int], config: MethodConfig) -> CapturePlan:
         patch = int(self.denoiser.config.patch_size)
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         image = slice(0, grid[0] * grid[1])  # the joint sequence is [image, text]
         n_blocks = len(self.denoiser.transformer_blocks)
-        # METHOD.md names no SD3 reference: take the middle block's image query, the rule used for small PixArts.
-        reference = n_blocks // 2
-        score_layers = config.layer_aggregation == "goca"
+        reference = self.reference_index(n_blocks)
+        score_layers = config.scores_layers
         layers = [f"transformer_blocks.{index}" for index in range(n_blocks)]
         propagation = pick_propagation_layers(layers, config, self.preset)  # one token grid throughout
         plans = {}

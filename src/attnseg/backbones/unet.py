@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, CapturePlan, pick_propagation_layers
-from attnseg.backbones.capture import AttentionPlan
+from attnseg.backbones.base import Backbone, BackbonePreset, pick_propagation_layers
 from attnseg.method.config import MethodConfig
+from attnseg.method.streaming import AttentionPlan, CapturePlan
 
 _BLOCK = re.compile(
     r"^(down_blocks|up_blocks|mid_block)(?:\.(\d+))?\.attentions\.(\d+)\.transformer_blocks\.(\d+)\.(attn1|attn2)$"
@@ -22,13 +21,8 @@ class UNetBackbone(Backbone):
     family = "sd"
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     description = "Stable Diffusion 1.x/2.x UNet (CLIP text encoder); also the embedded world models"
-    default_preset = BackbonePreset(native_size=512, timestep=100, refine_steps=2)
-
-    def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__(components, model_id, device, dtype)
-        sample = int(self.denoiser.config.sample_size)
-        factor = 2 ** (len(components["vae"].config.block_out_channels) - 1) if "vae" in components else 8
-        self.preset = dataclasses.replace(self.default_preset, native_size=sample * factor)
+    # Reference: the second up level with attention (SD1.5: 32×32 at 512 px; SDXL: 64×64 at 1024 px).
+    default_preset = BackbonePreset(native_size=512, timestep=100, refine_steps=2, reference_up_level=1)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -62,14 +56,13 @@ class UNetBackbone(Backbone):
         if not grids:
             raise RuntimeError("this UNet has no transformer blocks with cross-attention to read")
         map_size = max(grids.values(), key=lambda g: g[0] * g[1])
-        # Reference: the first cross-attention query of the second up level that has attention
-        # (SD1.5: 32×32 at 512 px; SDXL: 64×64 at 1024 px), or the last such level if there is one only.
+        # Reference: the first cross-attention query of the preset's up level among those that have attention.
         up_levels = sorted({int(n.split(".")[1]) for n in grids if n.startswith("up_blocks")})
         reference = None
         if up_levels:
-            level = up_levels[min(1, len(up_levels) - 1)]
+            level = up_levels[min(self.preset.reference_up_level, len(up_levels) - 1)]
             reference = f"up_blocks.{level}.attentions.0.transformer_blocks.0.attn2"
-        score_layers = config.layer_aggregation == "goca"
+        score_layers = config.scores_layers
         # Propagation candidates: the decoder's layers on the finest grid (the encoder's are only scored, on the
         # reference grid's query rows); the preset says how many of the last ones to average.
         candidates = [
@@ -101,7 +94,7 @@ class SDXLBackbone(UNetBackbone):
     family = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
     description = "Stable Diffusion XL UNet (two CLIP text encoders, added size conditioning)"
-    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=2)
+    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=2, reference_up_level=1)
 
     def encode_text(self, prompts: list[str]) -> dict:
         states, pooled = [], None

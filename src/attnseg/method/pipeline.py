@@ -17,7 +17,8 @@ from attnseg.method.rescale import rescale_scores
 class CapturedAttention:
     """What one denoiser forward leaves for the method, reduced while it ran; B rows (image × prompt)."""
 
-    cross: dict[str, list[torch.Tensor]]  # head mode → per layer, B×P_l×T token columns (last = rest)
+    cross: list[torch.Tensor]  # per layer, B×P_l×T token columns (last = rest), heads already aggregated
+    head_aggregation: str  # (a) how `cross` aggregated the heads: the config's mode when it was captured
     grids: list[tuple[int, int]]  # per layer, its h×w grid
     layer_scores: torch.Tensor | None  # B×L, similarity of each layer's self-attention to the reference
     affinity: torch.Tensor | None  # B×P×P head-mean self-attention of the propagation layers, on map_size
@@ -29,7 +30,8 @@ class CapturedAttention:
         idx = torch.as_tensor(index, dtype=torch.long)
         pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
         return CapturedAttention(
-            cross={mode: [m[idx.to(m.device)] for m in maps] for mode, maps in self.cross.items()},
+            cross=[m[idx.to(m.device)] for m in self.cross],
+            head_aggregation=self.head_aggregation,
             grids=self.grids,
             layer_scores=pick(self.layer_scores),
             affinity=pick(self.affinity),
@@ -60,7 +62,7 @@ class MethodOutput:
 
 def _layer_weights(captured: CapturedAttention, config: MethodConfig, batch: int) -> torch.Tensor:
     n_layers = len(captured.grids)
-    if config.layer_aggregation == "goca":
+    if config.scores_layers:
         if captured.layer_scores is None:
             raise BadConfigError("layer_aggregation='goca' needs self-attention scores; the capture has none")
         return layer_weights(captured.layer_scores)
@@ -70,7 +72,7 @@ def _layer_weights(captured: CapturedAttention, config: MethodConfig, batch: int
 
 
 def _refine(maps: torch.Tensor, captured: CapturedAttention, config: MethodConfig) -> torch.Tensor:
-    if config.refine == "none" or config.refine_steps == 0:
+    if not config.refines:
         return maps
     if captured.affinity is None:
         raise BadConfigError(f"refine={config.refine!r} needs self-attention; the capture has none")
@@ -80,8 +82,13 @@ def _refine(maps: torch.Tensor, captured: CapturedAttention, config: MethodConfi
 
 
 def run_method(captured: CapturedAttention, layout: TokenLayout, config: MethodConfig) -> MethodOutput:
-    """Aggregate, rescale and refine one capture under one token layout."""
-    maps = captured.cross[config.head_aggregation]
+    """Weigh layers, rescale and refine one capture under one token layout (heads were aggregated in the capture)."""
+    if captured.head_aggregation != config.head_aggregation:
+        raise BadConfigError(
+            f"the capture aggregated heads by {captured.head_aggregation!r} but the method asks for "
+            f"{config.head_aggregation!r}: capture again with this config"
+        )
+    maps = captured.cross
     batch = maps[0].shape[0]
     weights = _layer_weights(captured, config, batch).to(maps[0].device)
     attn = combine_layers(maps, captured.grids, weights, captured.map_size)  # B×T×h×w
@@ -92,10 +99,10 @@ def run_method(captured: CapturedAttention, layout: TokenLayout, config: MethodC
     )
     entities = layout.class_tokens + layout.background_tokens
     n_classes = len(layout.class_tokens)
-    if config.refine_order == "before_rescale" and config.refine != "none":
+    if config.refine_order == "before_rescale" and config.refines:
         attn = _refine(attn, captured, config)
     scores = rescale_scores(
-        attn, entities, layout.content_tokens, per_pixel=config.rescale == "goca", blur=config.blur
+        attn, entities, layout.content_tokens, per_pixel=config.rescales_per_pixel, blur=config.blur
     )
     class_maps, background_maps = scores[:, :n_classes], scores[:, n_classes:]
     if config.refine_order == "after_rescale":

@@ -1,0 +1,352 @@
+"""Streaming reduction: inside each attention call, steps (a), (b) and (d) keep what the method reads, then drop it.
+
+Per layer this keeps the head-aggregated cross-attention on the kept token columns (B×P_l×(T+1), one head mode:
+the config's), one similarity score (or, for layers that run before the reference feature exists, the head-mean
+self-attention already resized to the reference grid), and a running sum of the propagation layers'
+self-attention. Per-head maps never outlive the head loop. Torch only: backbones route q/k/v here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from attnseg.method.config import MethodConfig
+from attnseg.method.heads import aggregate_heads, head_weights
+from attnseg.method.layers import layer_similarity, reference_affinity, resize_self_attention
+from attnseg.method.pipeline import CapturedAttention
+
+# A head group's logits are at most this many elements (B·heads·P·L): bounds the transient memory.
+_LOGITS_BUDGET = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What one attention call contributes. Slices index the query / key sequence of that call."""
+
+    layer: str  # the layer (transformer block) this call belongs to
+    read_cross: bool = False
+    read_self: bool = False
+    image_queries: slice = field(default_factory=lambda: slice(None))
+    text_keys: slice | None = None  # None: no text keys in this call
+    image_keys: slice | None = None  # None: no image keys in this call
+    reference_query: bool = False  # this call's image queries are the reference feature F
+
+    @property
+    def reads(self) -> bool:
+        """Whether the call contributes anything (else it runs the fused kernel untouched)."""
+        return self.read_cross or self.read_self or self.reference_query
+
+    @property
+    def joint(self) -> bool:
+        """Text and image keys in one softmax (SD3, FLUX): each block is renormalised on its own."""
+        return self.text_keys is not None and self.image_keys is not None
+
+    @property
+    def text_cols(self) -> slice:
+        """The key columns of the text tokens."""
+        return self.text_keys if self.text_keys is not None else slice(None)
+
+    @property
+    def image_cols(self) -> slice:
+        """The key columns of the image tokens."""
+        return self.image_keys if self.image_keys is not None else slice(None)
+
+
+@dataclass
+class CapturePlan:
+    """Which attention calls are read, and the grids the reducer needs before the forward runs."""
+
+    plans: dict[str, AttentionPlan]  # attention module name → plan
+    map_size: tuple[int, int]
+    reference_grid: tuple[int, int] | None
+    propagation_layers: set[str] = field(default_factory=set)
+
+
+class StreamingReducer:
+    """Collects the reductions of one forward; `finish()` turns them into a CapturedAttention."""
+
+    def __init__(
+        self, plan: CapturePlan, latent_size: tuple[int, int], keep_tokens: int, config: MethodConfig
+    ) -> None:
+        self.latent_size = latent_size
+        self.keep_tokens = keep_tokens
+        self.map_size = plan.map_size
+        self.reference_grid = plan.reference_grid
+        self.propagation_layers = plan.propagation_layers
+        self.config = config
+        self.layer_order: list[str] = []
+        self.grids: dict[str, tuple[int, int]] = {}
+        self.cross: dict[str, torch.Tensor] = {}  # layer → B×P_l×(T+1), heads aggregated the config's way
+        self.scores: dict[str, torch.Tensor] = {}
+        self.pending: dict[str, torch.Tensor] = {}  # layer → self-attention on the reference grid, awaiting R
+        self.reference: torch.Tensor | None = None  # B×P_r×P_r
+        self.affinity_sum: torch.Tensor | None = None
+        self.affinity_count = 0
+        self.peak_bytes = 0
+
+    # -- geometry -------------------------------------------------------------------------------------
+    def grid_for(self, positions: int) -> tuple[int, int]:
+        """The h×w grid of a layer with `positions` image tokens, from the latent's aspect."""
+        lh, lw = self.latent_size
+        factor = math.sqrt(lh * lw / positions)
+        h, w = round(lh / factor), round(lw / factor)
+        if h * w != positions:
+            raise RuntimeError(f"cannot place {positions} image tokens on a grid of aspect {lh}:{lw}")
+        return h, w
+
+    def _register(self, layer: str, grid: tuple[int, int]) -> None:
+        if layer not in self.grids:
+            self.layer_order.append(layer)
+            self.grids[layer] = grid
+
+    def _track(self) -> None:
+        tensors = [*self.cross.values(), *self.pending.values()]
+        tensors += [t for t in (self.affinity_sum, self.reference) if t is not None]
+        self.peak_bytes = max(self.peak_bytes, sum(t.numel() * t.element_size() for t in tensors))
+
+    # -- what attend calls ----------------------------------------------------------------------------
+    def add_cross(
+        self,
+        layer: str,
+        probs_bhpn: torch.Tensor,
+        grid: tuple[int, int],
+        out_bhpd: torch.Tensor,
+        out_proj_weight: torch.Tensor | None,
+    ) -> None:
+        """(a) Aggregate a layer's cross-attention heads; keep the first T token columns + the rest summed.
+
+        out_bhpd: the call's attention output on the image rows, read only for GoCA head weights.
+        """
+        self._register(layer, grid)
+        weights_bhp = None
+        if self.config.weights_heads:
+            if out_proj_weight is not None:
+                weights_bhp = head_weights(out_bhpd.float(), out_proj_weight.float())
+            else:  # no projection to weigh heads by: uniform weights
+                weights_bhp = torch.full(
+                    probs_bhpn.shape[:3], 1.0 / probs_bhpn.shape[1], device=out_bhpd.device
+                )
+        maps = aggregate_heads(probs_bhpn, weights_bhp)  # B×P×N
+        kept = maps[..., : self.keep_tokens]
+        if kept.shape[-1] < self.keep_tokens:  # a text shorter than the kept columns: pad with zeros
+            kept = F.pad(kept, (0, self.keep_tokens - kept.shape[-1]))
+        rest = maps[..., self.keep_tokens :].sum(-1, keepdim=True)
+        self.cross[layer] = torch.cat([kept, rest], -1)
+        self._track()
+
+    def add_self(
+        self,
+        layer: str,
+        attn_bqk: torch.Tensor,
+        grid: tuple[int, int],
+        query_grid: tuple[int, int] | None = None,
+    ) -> None:
+        """(b) Score a layer's head-mean self-attention; (d) add it to the propagation sum.
+
+        attn_bqk: queries on `query_grid` (default: the layer's grid), keys on the layer's grid.
+        """
+        self._register(layer, grid)
+        query_grid = query_grid or grid
+        renormalize = self.config.renormalize_resized_rows
+        if layer in self.propagation_layers:
+            if query_grid != grid:
+                raise RuntimeError(f"propagation layer {layer} was captured on a subset of its query rows")
+            on_map = resize_self_attention(attn_bqk, grid, self.map_size, renormalize)
+            self.affinity_sum = on_map if self.affinity_sum is None else self.affinity_sum + on_map
+            self.affinity_count += 1
+        if self.reference_grid is not None:
+            on_ref = resize_self_attention(attn_bqk, grid, self.reference_grid, renormalize, query_grid)
+            if self.reference is not None:
+                self.scores[layer] = layer_similarity(self.reference, on_ref)
+            else:
+                self.pending[layer] = on_ref
+        self._track()
+
+    def set_reference(self, feature_bpc: torch.Tensor, grid: tuple[int, int]) -> None:
+        """(b) Take the reference feature F and score the layers that were waiting for it."""
+        if self.reference is not None:
+            return
+        expected, self.reference_grid = self.reference_grid, grid
+        self.reference = reference_affinity(feature_bpc, self.config.reference_channel0)
+        for layer, on_ref in self.pending.items():
+            if expected is not None and tuple(expected) != tuple(grid):  # the preset guessed another grid
+                on_ref = resize_self_attention(on_ref, expected, grid, self.config.renormalize_resized_rows)
+            self.scores[layer] = layer_similarity(self.reference, on_ref)
+        self.pending.clear()
+        self._track()
+
+    def finish(self) -> CapturedAttention:
+        """The reductions as plain tensors, in layer order; only layers with cross-attention count."""
+        layers = [name for name in self.layer_order if name in self.cross]
+        if not layers:
+            raise RuntimeError("the forward ran no cross-attention layer that the capture reads")
+        scores = None
+        if all(name in self.scores for name in layers):
+            scores = torch.stack([self.scores[name] for name in layers], 1)
+        affinity = None
+        if self.affinity_sum is not None:
+            affinity = self.affinity_sum / self.affinity_count
+        return CapturedAttention(
+            cross=[self.cross[name] for name in layers],
+            head_aggregation=self.config.head_aggregation,
+            grids=[self.grids[name] for name in layers],
+            layer_scores=scores,
+            affinity=affinity,
+            map_size=self.map_size,
+            layer_names=layers,
+        )
+
+
+def reference_rows(
+    grid: tuple[int, int], reference_grid: tuple[int, int] | None
+) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """For a layer finer than the reference grid, the query rows that nearest-resizing keeps, and their grid.
+
+    Scoring reads nothing else of such a layer, so the other rows need never be computed.
+    """
+    if reference_grid is None or grid[0] * grid[1] <= reference_grid[0] * reference_grid[1]:
+        return None
+    (h, w), (ht, wt) = grid, reference_grid
+    ys = (torch.arange(ht) * h) // ht  # the source row F.interpolate(mode="nearest") picks
+    xs = (torch.arange(wt) * w) // wt
+    return (ys[:, None] * w + xs[None, :]).flatten(), (ht, wt)
+
+
+# -- attention kernels ----------------------------------------------------------------------------------
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _mask_block(mask: torch.Tensor | None, rows, cols) -> torch.Tensor | None:
+    """The part of an additive mask (broadcastable to B×H×Lq×Lk) for some query rows and key columns."""
+    if mask is None:
+        return None
+    if mask.shape[-2] != 1:
+        mask = mask[..., rows, :]
+    return mask[..., cols] if mask.shape[-1] != 1 else mask
+
+
+def _head_groups(h: int, elements_per_head: int) -> list[slice]:
+    """Head slices whose logits stay under the budget together."""
+    group = max(1, min(h, _LOGITS_BUDGET // max(1, elements_per_head)))
+    return [slice(i, min(h, i + group)) for i in range(0, h, group)]
+
+
+def _block_softmax(q, k, scale, mask, heads: slice, cols) -> torch.Tensor:
+    """softmax(q k^T) restricted to the key columns `cols`, for a group of heads; float32.
+
+    Computed in place in one buffer: on a CPU these maps are memory-bound, so each saved pass counts.
+    """
+    logits = ((q[:, heads] * scale) @ k[:, heads, cols].transpose(-1, -2)).float()
+    if mask is not None:
+        logits.add_(mask.float())
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(-1, keepdim=True))
+
+
+def _restrict(probs: torch.Tensor, cols, joint: bool) -> torch.Tensor:
+    """A block of the joint softmax renormalised over its columns: the softmax restricted to that block."""
+    block = probs[..., cols]
+    return block / block.sum(-1, keepdim=True).clamp_min(1e-30) if joint else block
+
+
+# -- the three ways a read call is computed -------------------------------------------------------------
+def _attend_propagation(
+    q, k, v, scale: float, mask, plan: AttentionPlan, img: slice
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Propagation layers: every image-row probability is needed, so the output comes from them too.
+
+    Returns the output B×H×L×d, the cross-attention B×H×P×N (None unless read) and the head-summed
+    self-attention B×P×P.
+    """
+    out = torch.empty_like(q)
+    length = q.shape[2]
+    for part in (slice(0, img.start), slice(img.stop, length)):
+        if part.stop > part.start:  # text-query rows of a joint call: fused, nothing read
+            out[:, :, part] = _sdpa(q[:, :, part], k, v, _mask_block(mask, part, slice(None)), scale)
+    q_img, cross_heads, self_sum = q[:, :, img], [], None
+    b, h, positions = q.shape[0], q.shape[1], img.stop - img.start
+    for heads in _head_groups(h, b * positions * k.shape[2]):
+        probs = _block_softmax(q_img, k, scale, _mask_block(mask, img, slice(None)), heads, slice(None))
+        out[:, heads, img] = (probs.to(v.dtype) @ v[:, heads]).to(out.dtype)
+        if plan.read_cross:
+            cross_heads.append(_restrict(probs, plan.text_cols, plan.joint))
+        block = _restrict(probs, plan.image_cols, plan.joint).sum(1)
+        self_sum = block if self_sum is None else self_sum + block
+        del probs, block
+    return out, (torch.cat(cross_heads, 1) if cross_heads else None), self_sum
+
+
+def _cross_block(q_img, k, scale: float, mask, plan: AttentionPlan, img: slice) -> torch.Tensor:
+    """Cross-attention: the softmax over the text keys only, B×H×P×N, head group by head group."""
+    b, h, positions = q_img.shape[:3]
+    n_text = k[:, :, plan.text_cols].shape[2]
+    row_mask = _mask_block(mask, img, plan.text_cols)
+    groups = _head_groups(h, b * positions * n_text)
+    return torch.cat([_block_softmax(q_img, k, scale, row_mask, g, plan.text_cols) for g in groups], 1)
+
+
+def _scoring_self(
+    q_img, k, scale: float, mask, plan: AttentionPlan, img: slice, picked
+) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """Layer scoring: the head-summed self-attention of the query rows that land on the reference grid.
+
+    picked: (rows, their grid) from `reference_rows`, or None for every row. Returns B×P_q×P and the query grid.
+    """
+    b, h, positions = q_img.shape[:3]
+    rows = None if picked is None else picked[0].to(q_img.device)
+    q_rows = q_img if rows is None else q_img[:, :, rows]
+    row_mask = _mask_block(mask, img, plan.image_cols)
+    if row_mask is not None and rows is not None and row_mask.shape[-2] != 1:
+        row_mask = row_mask[..., rows, :]
+    self_sum = None
+    for heads in _head_groups(h, b * q_rows.shape[2] * positions):
+        part = _block_softmax(q_rows, k, scale, row_mask, heads, plan.image_cols).sum(1)
+        self_sum = part if self_sum is None else self_sum + part
+    return self_sum, None if picked is None else picked[1]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    mask: torch.Tensor | None,
+    plan: AttentionPlan | None,
+    reducer: StreamingReducer | None,
+    out_proj_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention output B×H×L×d, reducing what `plan` reads into `reducer` on the way.
+
+    Dispatches to one of three paths; the output comes from the fused kernel except in propagation layers.
+    """
+    if reducer is None or plan is None or not plan.reads:
+        return _sdpa(q, k, v, mask, scale)
+    rows = range(q.shape[2])[plan.image_queries]
+    img, grid = slice(rows.start, rows.stop), reducer.grid_for(len(rows))
+    if plan.reference_query:
+        reducer.set_reference(q[:, :, img].transpose(1, 2).reshape(q.shape[0], len(rows), -1), grid)
+    if not (plan.read_cross or plan.read_self):
+        return _sdpa(q, k, v, mask, scale)
+    cross_bhpn = self_bqk = query_grid = None
+    if plan.read_self and plan.layer in reducer.propagation_layers:
+        out, cross_bhpn, self_bqk = _attend_propagation(q, k, v, scale, mask, plan, img)
+    else:
+        out = _sdpa(q, k, v, mask, scale)
+        if plan.read_cross:
+            cross_bhpn = _cross_block(q[:, :, img], k, scale, mask, plan, img)
+        if plan.read_self:
+            picked = reference_rows(grid, reducer.reference_grid)
+            self_bqk, query_grid = _scoring_self(q[:, :, img], k, scale, mask, plan, img, picked)
+    if cross_bhpn is not None:
+        reducer.add_cross(plan.layer, cross_bhpn, grid, out[:, :, img], out_proj_weight)
+    if self_bqk is not None:  # the head-mean self-attention
+        reducer.add_self(plan.layer, self_bqk / q.shape[1], grid, query_grid or grid)
+    return out
