@@ -1,5 +1,6 @@
 """End to end through the API and the CLI on tiny random models; bad models and outputs."""
 
+import dataclasses
 import json
 import shutil
 
@@ -65,6 +66,34 @@ def test_methods_differ_and_each_runs(tiny_sd, random_image):
         Segmentor.from_pretrained(tiny_sd, method="magic")
     with pytest.raises(BadConfigError, match="unknown method setting"):
         Segmentor.from_pretrained(tiny_sd, heads="goca")
+
+
+def test_with_config_shares_the_model_and_equals_a_fresh_load(
+    sd_segmentor, tiny_sd, random_image, monkeypatch
+):
+    fresh = Segmentor.from_pretrained(tiny_sd, method="diffsegmenter", device="cpu", tau=0.3)
+
+    def refuse(backbone):
+        raise AssertionError("with_config re-hashed the weights")
+
+    monkeypatch.setattr("attnseg.segmentor._fingerprint", refuse)
+    seg = sd_segmentor.with_config("diffsegmenter", tau=0.3)
+    assert seg.backbone is sd_segmentor.backbone and seg.model_hash == fresh.model_hash
+    assert seg.method == "diffsegmenter" and seg.config == fresh.config
+    assert (
+        seg.config.refine_steps == 1 < sd_segmentor.config.refine_steps
+    )  # the family tunes goca's steps only
+    a = seg.segment(random_image, ["cat", "wall"])
+    b = fresh.segment(random_image, ["cat", "wall"])
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.labels, b.labels)
+    assert a.meta["method"] == "diffsegmenter" and a.tau == 0.3
+    other_tau = seg.with_config(tau=0.6)
+    assert other_tau.method == "diffsegmenter" and other_tau.config == dataclasses.replace(
+        seg.config, tau=0.6
+    )
+    assert sd_segmentor.method == "goca" and sd_segmentor.config.tau == 0.5  # the original is untouched
+    with pytest.raises(BadConfigError, match="unknown method setting"):
+        sd_segmentor.with_config(heads="goca")
 
 
 def test_sdxl_end_to_end(tiny_sdxl, random_image):

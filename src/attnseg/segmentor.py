@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import resource
@@ -126,6 +127,23 @@ class Segmentor:
         config = config_for(backbone, method, **overrides)
         template = template or backbone.defaults["template"] or DEFAULT_TEMPLATE
         return cls(backbone, config, method, template, background, batch_size, max_pixels)
+
+    def with_config(
+        self, method: str | None = None, tau: float | None = None, **overrides: object
+    ) -> Segmentor:
+        """A copy with another method or settings that shares the loaded model (nothing reloaded or re-hashed).
+
+        `method` given: that preset for this model, with `overrides`; None: the current settings, with `overrides`.
+        """
+        if tau is not None:
+            overrides["tau"] = tau
+        if method is None:
+            method, config = self.method, self.config.with_overrides(**overrides)
+        else:
+            config = config_for(self.backbone, method, **overrides)
+        clone = copy.copy(self)
+        clone.method, clone.config = method, config
+        return clone
 
     # -- inputs -----------------------------------------------------------------------------------------
     def _images(self, images) -> tuple[list[Image.Image], list[str], bool]:

@@ -45,8 +45,6 @@ class DemoApp:
         self.lock = threading.Lock()
 
     def segment(self, request: dict) -> dict:
-        from attnseg.segmentor import Segmentor, config_for
-
         data_url = request.get("image", "")
         if "," not in data_url:
             raise AttnsegError("no image was sent: choose a file or a sample scene first")
@@ -57,9 +55,8 @@ class DemoApp:
             raise AttnsegError(f"the file could not be read as an image ({exc})") from exc
         image = prepare_image(image, "the uploaded image", self.base.max_pixels)
         method = request.get("method", "goca")
-        tau = {} if request.get("tau") in (None, "") else {"tau": float(request["tau"])}
-        config = config_for(self.base.backbone, method, **tau)
-        seg = Segmentor(self.base.backbone, config, method, self.base.template, None)
+        tau = None if request.get("tau") in (None, "") else float(request["tau"])
+        seg = self.base.with_config(method, tau=tau)  # shares the loaded model: nothing reloaded or re-hashed
         with self.lock, torch.no_grad():
             result = seg.segment(image, request.get("classes", ""), seed=int(request.get("seed", 0)))
         colours = palette(len(result.classes))
@@ -79,7 +76,7 @@ class DemoApp:
             "background_share": float((labels == 0).float().mean()),
             "meta": {
                 "method": method,
-                "tau": config.tau,
+                "tau": seg.config.tau,
                 "seed": result.meta["seed"],
                 "model": result.meta["model"]["model_id"],
                 "seconds": round(sum(v for k, v in result.meta["timings"].items() if k.endswith("_s")), 3),
