@@ -33,13 +33,13 @@ def test_unet_output_unchanged_by_capture(tiny_sd):
     plain = backbone.denoiser(noisy, t, **cond).sample
     config = MethodConfig()
     plan = backbone.capture_plan((16, 16), config)
-    store = StreamingReducer(plan, (16, 16), 12, config)
-    with backbone.capturing(plan, store):
+    reducer = StreamingReducer(plan, (16, 16), 12, config)
+    with backbone.capturing(plan, reducer):
         captured_out = backbone.denoiser(noisy, t, **cond).sample
     assert torch.allclose(plain, captured_out, atol=1e-5)
     after = backbone.denoiser(noisy, t, **cond).sample  # processors were restored
     assert torch.allclose(plain, after, atol=1e-6)
-    result = store.finish()
+    result = reducer.finish()
     assert len(result.grids) == 7 and result.layer_scores.shape == (2, 7)
     assert result.affinity.shape == (2, 256, 256)
 
@@ -50,16 +50,16 @@ def test_attend_streams_what_stored_maps_would_give():
     q, k_txt, v_txt = torch.randn(b, h, p, d), torch.randn(b, h, n, d), torch.randn(b, h, n, d)
     k_img, v_img = torch.randn(b, h, p, d), torch.randn(b, h, p, d)
     weight = torch.randn(6, h * d)
-    store = _reducer((4, 4), 3, (4, 4), (4, 4), {"L"})
+    reducer = _reducer((4, 4), 3, (4, 4), (4, 4), {"L"})
     feature = torch.randn(b, p, 8)
-    store.set_reference(feature, (4, 4))
+    reducer.set_reference(feature, (4, 4))
     out_cross = attend(
         q,
         k_txt,
         v_txt,
         scale=d**-0.5,
         mask=None,
-        reducer=store,
+        reducer=reducer,
         out_proj_weight=weight,
         plan=AttentionPlan("L", read_cross=True, text_keys=slice(None)),
     )
@@ -69,14 +69,14 @@ def test_attend_streams_what_stored_maps_would_give():
         v_img,
         scale=d**-0.5,
         mask=None,
-        reducer=store,
+        reducer=reducer,
         plan=AttentionPlan("L", read_self=True, image_keys=slice(None)),
     )
     probs = (q @ k_txt.transpose(-1, -2) * d**-0.5).softmax(-1)
     assert torch.allclose(out_cross, probs @ v_txt, atol=1e-5)
     full = aggregate_heads(probs, None)
     expected = torch.cat([full[..., :3], full[..., 3:].sum(-1, keepdim=True)], -1)
-    captured = store.finish()
+    captured = reducer.finish()
     assert torch.allclose(captured.cross[0], expected, atol=1e-6)
     self_attn = (q @ k_img.transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
     ref = reference_affinity(feature)
@@ -89,8 +89,8 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
     torch.manual_seed(1)
     b, h, n, p, d = 1, 2, 3, 4, 4  # joint sequence: [text (3), image (4)]
     q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
-    store = _reducer((2, 2), 3, (2, 2), (2, 2), propagation)
-    store.set_reference(torch.randn(b, p, 5), (2, 2))
+    reducer = _reducer((2, 2), 3, (2, 2), (2, 2), propagation)
+    reducer.set_reference(torch.randn(b, p, 5), (2, 2))
     plan = AttentionPlan(
         "J",
         read_cross=True,
@@ -100,17 +100,17 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
         image_keys=slice(n, n + p),
     )
     out = attend(
-        q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=store, out_proj_weight=torch.randn(5, h * d)
+        q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=reducer, out_proj_weight=torch.randn(5, h * d)
     )
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.allclose(out, reference, atol=1e-5)  # text rows and image rows both exact
     logits = q[:, :, n:] @ k.transpose(-1, -2) * d**-0.5
-    captured = store.finish()
+    captured = reducer.finish()
     cross = logits[..., :n].softmax(-1).mean(1)
     assert torch.allclose(captured.cross[0][..., :3], cross, atol=1e-6)
     self_attn = logits[..., n:].softmax(-1).mean(1)
     assert torch.allclose(
-        captured.layer_scores[0, 0], layer_similarity(store.reference, self_attn)[0], atol=1e-5
+        captured.layer_scores[0, 0], layer_similarity(reducer.reference, self_attn)[0], atol=1e-5
     )
     if propagation:
         assert torch.allclose(captured.affinity, self_attn, atol=1e-6)
@@ -122,22 +122,22 @@ def test_scoring_only_layers_compute_just_the_reference_rows():
     torch.manual_seed(2)
     b, h, p, d = 1, 2, 64, 4  # an 8×8 layer scored against a 4×4 reference
     q, k, v = (torch.randn(b, h, p, d) for _ in range(3))
-    store = _reducer((8, 8), 2, (8, 8), (4, 4), set())
-    store.set_reference(torch.randn(b, 16, 6), (4, 4))
-    store.add_cross("S", torch.softmax(torch.randn(b, h, p, 3), -1), (8, 8), torch.randn(b, h, p, d), None)
+    reducer = _reducer((8, 8), 2, (8, 8), (4, 4), set())
+    reducer.set_reference(torch.randn(b, 16, 6), (4, 4))
+    reducer.add_cross("S", torch.softmax(torch.randn(b, h, p, 3), -1), (8, 8), torch.randn(b, h, p, d), None)
     out = attend(
         q,
         k,
         v,
         scale=d**-0.5,
         mask=None,
-        reducer=store,
+        reducer=reducer,
         plan=AttentionPlan("S", read_self=True, image_keys=slice(None)),
     )
     assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
     full = (q @ k.transpose(-1, -2) * d**-0.5).softmax(-1).mean(1)
-    expected = layer_similarity(store.reference, resize_self_attention(full, (8, 8), (4, 4), True))
-    assert torch.allclose(store.finish().layer_scores[:, 0], expected, atol=1e-5)
+    expected = layer_similarity(reducer.reference, resize_self_attention(full, (8, 8), (4, 4), True))
+    assert torch.allclose(reducer.finish().layer_scores[:, 0], expected, atol=1e-5)
 
 
 def test_vanilla_plan_reads_only_what_it_needs(tiny_sd):
@@ -182,9 +182,9 @@ def test_goca_heads_are_weighted_by_the_output_and_mean_heads_never_compute_weig
     )
     captured = {}
     for heads in ("goca", "mean"):
-        store = _reducer((2, 2), 3, (2, 2), None, propagation, MethodConfig(head_aggregation=heads))
-        attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=store, out_proj_weight=weight)
-        captured[heads] = store.finish()
+        reducer = _reducer((2, 2), 3, (2, 2), None, propagation, MethodConfig(head_aggregation=heads))
+        attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=reducer, out_proj_weight=weight)
+        captured[heads] = reducer.finish()
         assert captured[heads].head_aggregation == heads
     out_img = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, n:]
     probs = (q[:, :, n:] @ k[:, :, :n].transpose(-1, -2) * d**-0.5).softmax(-1)
@@ -199,20 +199,20 @@ def test_goca_heads_are_weighted_by_the_output_and_mean_heads_never_compute_weig
         raise AssertionError("head weights computed for a mean-heads config")
 
     monkeypatch.setattr("attnseg.method.streaming.head_weights", refuse)
-    store = _reducer((2, 2), 3, (2, 2), None, propagation, MEAN_HEADS)
-    attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=store, out_proj_weight=weight)
-    assert torch.equal(store.finish().cross[0], captured["mean"].cross[0])
+    reducer = _reducer((2, 2), 3, (2, 2), None, propagation, MEAN_HEADS)
+    attend(q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=reducer, out_proj_weight=weight)
+    assert torch.equal(reducer.finish().cross[0], captured["mean"].cross[0])
 
 
 def test_method_refuses_a_capture_reduced_for_other_heads():
-    store = _reducer((2, 2), 2, (2, 2), None, set(), MEAN_HEADS)
-    store.add_cross("L", torch.softmax(torch.randn(1, 2, 4, 3), -1), (2, 2), torch.randn(1, 2, 4, 4), None)
+    reducer = _reducer((2, 2), 2, (2, 2), None, set(), MEAN_HEADS)
+    reducer.add_cross("L", torch.softmax(torch.randn(1, 2, 4, 3), -1), (2, 2), torch.randn(1, 2, 4, 4), None)
     layout = TokenLayout([[[0]]], [], [0], [])
-    assert run_method(store.finish(), layout, method_config("vanilla", refine="none")).class_maps.shape == (
+    assert run_method(reducer.finish(), layout, method_config("vanilla", refine="none")).class_maps.shape == (
         1,
         1,
         2,
         2,
     )
     with pytest.raises(BadConfigError, match="capture again"):
-        run_method(store.finish(), layout, method_config("goca", refine="none"))
+        run_method(reducer.finish(), layout, method_config("goca", refine="none"))
