@@ -1,7 +1,7 @@
 """Ablation of GoCA's steps on the synthetic world: each step switched off alone, plus the vanilla baseline.
 
     attnseg world render --split val --n 500 --seed 0 --out world-data/val
-    python benchmarks/ablation.py --root world-data/val [--model world-s] [--protocol oracle-tags] [--limit N] [--tau 0]
+    python benchmarks/ablation.py --root world-data/val [--model world-s] [--protocol oracle-tags] [--limit N]
 
 Every variant is one `attnseg eval` run (resumable, in --out/<variant>); the table is printed as Markdown and
 written to --out/ablation.md.
@@ -15,7 +15,6 @@ from pathlib import Path
 
 from attnseg.cli import main as attnseg_main
 from attnseg.io import atomic_path
-from attnseg.world.scaling import WORLD_TAU
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "goca (all steps)": ("goca", []),
@@ -39,9 +38,6 @@ def main() -> None:
     parser.add_argument("--protocol", default="oracle-tags", choices=["oracle-tags", "open"])
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument(
-        "--tau", type=float, default=WORLD_TAU, help="background threshold (default 0, as the study)"
-    )
     args = parser.parse_args()
     out = Path(args.out) / args.protocol
     rows = []
@@ -59,8 +55,6 @@ def main() -> None:
             method,
             "--protocol",
             args.protocol,
-            "--tau",
-            str(args.tau),
             "--no-progress",
         ]
         for setting in settings:
@@ -73,7 +67,7 @@ def main() -> None:
         metrics = json.loads((run / "metrics.json").read_text())
         rows.append((name, 100 * metrics["mIoU"], 100 * metrics["pixel_accuracy"]))
     lines = [
-        f"Ablation on {args.root} ({args.protocol}, τ {args.tau}, model {args.model or 'embedded default'})",
+        f"Ablation on {args.root} ({args.protocol}, no background class, model {args.model or 'embedded default'})",
         "",
         "| variant | mIoU | pixel acc. |",
         "|---|---|---|",

@@ -6,7 +6,9 @@
 Prints a Markdown table: for every layer that reads cross-attention (its name and grid), goca's mIoU with all the
 layer weight on that layer, the mean IoU of stuff and of things, and the share of thing pixels given the right
 thing; then the same for goca's layer aggregation and for the mean over layers. One denoiser forward per scene
-serves every row. Oracle class prompts (the classes present), τ 0, the model's own settings unless overridden.
+serves every row. Oracle class prompts (the classes present), every pixel its best class (the world has no
+background), scored by eval's ConfusionMeter on the World reader; the first n scenes; the model's own settings
+unless overridden.
 It tells which resolution carries the text's layout: on the world models of a 16² latent the 8² layers do
 (docs/WORLD.md, "A 32² latent").
 """
@@ -17,25 +19,17 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from attnseg import Segmentor
 from attnseg.cli import parse_settings, setting_pair
+from attnseg.eval.datasets import get_dataset
+from attnseg.eval.metrics import ConfusionMeter
+from attnseg.eval.protocols import Protocol
 from attnseg.method.labels import upsample
 from attnseg.method.pipeline import run_method
 from attnseg.prompts import parse_classes
-from attnseg.world.render import CLASSES
-from attnseg.world.scaling import (
-    N_IDS,
-    WORLD_TAU,
-    add_confusion,
-    kind_means,
-    per_class_iou,
-    read_rows,
-    thing_pixels,
-)
+from attnseg.world.scaling import WORLD_TAU, thing_pixels
 from attnseg.world.tune import model_folder
 
 
@@ -60,12 +54,15 @@ def main() -> None:
     seg = Segmentor.from_pretrained(str(model_folder(args.model)), device="cpu", dtype="float32", **overrides)
     if args.timestep is not None:
         seg.backbone.preset = dataclasses.replace(seg.backbone.preset, timestep=args.timestep)
-    names = {c.id: c.name for c in CLASSES}
-    rows, confs, layers = read_rows(root, args.n), {}, None
-    for r in rows:
-        ids = list(r["present"])
-        plan = seg.builder.build(parse_classes([names[i] for i in ids]), [])[0]
-        pixels = seg._pixels([Image.open(root / r["image"]).convert("RGB")])
+    ds, oracle = get_dataset("world", root), Protocol("oracle-tags")
+    samples: list = ds.samples[: args.n]
+    meters: dict[str, ConfusionMeter] = {}
+    layers = None
+    for sample in samples:
+        gt = torch.from_numpy(ds.load_mask(sample))
+        ids = oracle.prompt_ids(ds, gt.numpy())
+        plan = seg.builder.build(parse_classes([oracle.prompt_text(ds, i) for i in ids]), [])[0]
+        pixels = seg._pixels([ds.load_image(sample)])
         captured, _ = seg.backbone.capture(
             pixels, [plan.text], plan.n_tokens, seg.config, torch.Generator().manual_seed(0)
         )
@@ -77,23 +74,22 @@ def main() -> None:
             "goca's layer aggregation": captured.layer_scores,
             "mean over layers": torch.ones(1, n_layers),
         }
-        gt = np.asarray(Image.open(root / r["mask"])).astype(np.int64)
-        lut = np.array(ids)
+        lut = torch.tensor(ids)
         for name, layer_scores in variants.items():
             out = run_method(
                 dataclasses.replace(captured, layer_scores=layer_scores), plan.layout, seg.config
             )
-            pred = lut[upsample(out.class_maps.float(), gt.shape)[0].argmax(0).numpy()]
-            add_confusion(confs.setdefault(name, np.zeros((N_IDS, N_IDS), np.int64)), gt, pred)
+            pred = lut[upsample(out.class_maps.float(), tuple(gt.shape))[0].argmax(0)]
+            meters.setdefault(name, ConfusionMeter(ds.num_classes, ds.class_kinds)).update(pred, gt)
     print(
-        f"{model_folder(args.model).name}, t = {seg.backbone.preset.timestep}, {len(rows)} scenes of {root}\n"
+        f"{model_folder(args.model).name}, t = {seg.backbone.preset.timestep}, {len(samples)} scenes of {root}\n"
     )
     print("| class maps from | mIoU | stuff IoU | things IoU | right thing |\n|---|---|---|---|---|")
-    for name, conf in confs.items():
-        per = per_class_iou(conf)
-        kinds, right = kind_means(per), thing_pixels(conf)["right_thing"]
+    for name, meter in meters.items():
+        s = meter.compute()
+        right = thing_pixels(meter.mat, ds.class_kinds)["right_thing"]
         print(
-            f"| {name} | {np.mean(list(per.values())):.1f} | {kinds['stuff_iou']:.1f} | {kinds['things_iou']:.1f} | {right:.2f} |"
+            f"| {name} | {100 * s.miou:.1f} | {100 * s.kind_iou['stuff']:.1f} | {100 * s.kind_iou['thing']:.1f} | {right:.2f} |"
         )
 
 

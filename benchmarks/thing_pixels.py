@@ -4,10 +4,11 @@
     python benchmarks/thing_pixels.py [--model world-m] --root world-data/tune --n 100 [--timestep T] [--set blur=false]
 
 Prints one JSON line: mIoU, the mean IoU of stuff and of things (stuff_iou, things_iou), the shares of thing
-pixels labelled with the right thing, another thing present, stuff or background, and the share of stuff
+pixels labelled with the right thing, another thing present, stuff or void, and the share of stuff
 pixels taken by things.
 A share of "right thing" near 1 / (things in the scene) means the maps find things but not which is which.
-Oracle class prompts (the classes present), each model's own settings unless overridden.
+Scored by `attnseg eval` (oracle class prompts, no background class; n scenes spread over the split), each
+model's own settings unless overridden.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from attnseg.cli import parse_settings, setting_pair
-from attnseg.world.scaling import evaluate, kind_means, read_rows
+from attnseg.world.scaling import evaluate
 from attnseg.world.tune import model_folder
 
 
@@ -40,9 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root)
     overrides = parse_settings(args.overrides)
-    r = evaluate(
-        model_folder(args.model), args.method, root, read_rows(root, args.n), args.timestep, **overrides
-    )
+    r = evaluate(model_folder(args.model), args.method, root, args.n, None, args.timestep, overrides)
     line = (
         {
             "model": args.model,
@@ -51,7 +50,7 @@ def main() -> None:
             "settings": overrides,
             "miou": round(r["miou"], 1),
         }
-        | {k: round(v, 1) for k, v in kind_means(r["per_class_iou"]).items()}
+        | {"stuff_iou": round(r["kind_iou"]["stuff"], 1), "things_iou": round(r["kind_iou"]["thing"], 1)}
         | {k: round(v, 3) for k, v in r["thing_pixels"].items()}
     )
     print(json.dumps(line))

@@ -87,6 +87,11 @@ def _compose(entities: list[str], template: str) -> tuple[str, list[tuple[int, i
     return text, spans
 
 
+def compose_prompt(names: list[str], template: str = DEFAULT_TEMPLATE) -> str:
+    """The prompt text naming every name in the template ("a photo of star, sky and grass.")."""
+    return _compose(names, template)[0]
+
+
 class PromptBuilder:
     """Turns class specs into prompts that fit the text encoder, with token columns from character offsets."""
 

@@ -336,6 +336,8 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
         "float32",
         "--set",
         "timestep=300",
+        "--timestep",
+        "200",
         "--template",
         "a photo of {}",
         "--allow-pickle",
@@ -378,5 +380,60 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
     unchanged = [f.name for f in fields(EvalConfig) if getattr(config, f.name) == getattr(defaults, f.name)]
     assert unchanged == ["dataset", "root", "out"]
     assert config.overrides == (("timestep", 300),) and config.segmentor_args == (("k", 2),)
+    assert config.timestep == 200
     assert config.tau_grid == (0.3, 0.5) and config.synonyms is False and config.progress is False
     assert config.command == ("attnseg", "eval")
+
+
+def test_report_gives_every_run_its_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 12: two runs of one method on one data set were one row (the last won) while report.png had both."""
+    L.build("voc21", tmp_path / "v", n=3)
+    L.build("ade20k", tmp_path / "a", n=3)
+    runs = {}
+    for name, root, noise in [("a", "v", "0"), ("b", "v", "0.4"), ("c", "a", "0")]:
+        out = tmp_path / name
+        dataset = "voc21" if root == "v" else "ade20k"
+        args = [
+            "eval",
+            "--dataset",
+            dataset,
+            "--root",
+            str(tmp_path / root),
+            "--out",
+            str(out),
+            "--tau",
+            "0.5",
+        ]
+        assert main([*args, *FAKE, "--segmentor-arg", f"noise={noise}"]) == 0
+        runs[name] = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    folders = [str(tmp_path / n) for n in "abc"]
+    assert main(["report", *folders, "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == "| Method | Model | Protocol | Run | VOC21 | ADE20K | Avg. |"
+    a, b = (f"{100 * runs[n]['mIoU']:.1f}" for n in "ab")
+    assert a != b
+    proto = "| fake | color-key | oracle-tags, τ fixed |"
+    assert f"{proto} {folders[0]}, {folders[2]} | {a} | 100.0 |" in md  # a and c share a row: other data sets
+    assert f"{proto} {folders[1]} | {b} | – | – |" in md  # b would take a's cell: a row of its own
+    assert sum(line.startswith("| fake") for line in lines) == 2
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    assert main(["report", str(tmp_path / "photos"), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert "is not an attnseg eval run" in err and "has not finished" not in err and "Traceback" not in err
+    assert main(["report", str(tmp_path / "photos" / "cat.jpg")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    # a real run folder without metrics.json has not finished
+    L.build("voc20", tmp_path / "d", n=2)
+    run = tmp_path / "run"
+    assert main(["eval", "--dataset", "voc20", "--root", str(tmp_path / "d"), "--out", str(run), *FAKE]) == 0
+    (run / "metrics.json").unlink()
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    assert "has not finished" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()

@@ -203,6 +203,14 @@ def test_world_render_output_is_read(tmp_path: Path) -> None:
     out = render.render_split(tmp_path / "w", "val", n=2, seed=0, size=64, progress=False)
     ds = get_dataset("world", out)
     assert len(ds.samples) == 2 and ds.split == "val"
-    assert ds.class_names[0] == "background" and len(ds.class_names) == len(render.CLASSES) + 1
+    # the rendered world has no background pixel, so no background class: its 13 classes alone
+    assert not ds.has_background and ds.class_names == [c.name for c in render.CLASSES]
+    assert ds.class_kinds == [c.kind for c in render.CLASSES] and ds.foreground_ids == list(range(13))
     m = ds.load_mask(ds.samples[0])
-    assert m.shape == (64, 64) and m.max() < ds.num_classes
+    assert m.shape == (64, 64) and m.min() >= 0 and m.max() < ds.num_classes
+    scene = next(render.render_scenes("val", 1, seed=0))[1]
+    assert np.array_equal(m, scene.mask.astype(np.int64) - 1)  # eval id = world id - 1
+    # a background pixel in a world without background is an error, not a silent miss
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(ds.samples[0].mask)
+    with pytest.raises(BadDatasetError, match=r"label values \[0\]"):
+        ds.load_mask(ds.samples[0])

@@ -193,3 +193,19 @@ def test_protocol_settings_are_checked() -> None:
         EvalConfig(dataset="voc21", root=".", out=".", tau=3.0).protocol_obj()
     with pytest.raises(BadConfigError, match="fixed τ"):
         EvalConfig(dataset="voc21", root=".", out=".", tau=0.3, tau_search="heldout").protocol_obj()
+
+
+def test_a_world_without_background_is_scored_without_a_background_class(tmp_path: Path) -> None:
+    """issue 12: the rendered world has no background pixel, so τ decides nothing and no background is scored."""
+    render = pytest.importorskip("attnseg.world.render")
+    w = render.render_split(tmp_path / "w", "val", n=3, seed=0, progress=False)
+    seg = lambda: ColorKeySegmentor(noise=0.3)  # noqa: E731
+    at_half = run_eval(_cfg(w, tmp_path / "a", "world", tau=0.5), seg)
+    at_zero = run_eval(_cfg(w, tmp_path / "b", "world", tau=0.0), seg)
+    own = run_eval(_cfg(w, tmp_path / "c", "world"), lambda: ColorKeySegmentor(tau=0.9, noise=0.3))
+    assert list(at_half["per_class_iou"]) == [c.name for c in render.CLASSES]
+    assert at_half["mIoU"] == at_zero["mIoU"] == own["mIoU"] and at_half["mIoU"] is not None
+    assert at_half["tau"] is None and at_half["protocol"]["tau_mode"] == "none"
+    assert at_half["counts"]["void_pixels"] == 0 and set(at_half["kind_iou"]) == {"stuff", "thing"}
+    with pytest.raises(BadConfigError, match="τ changes nothing"):
+        run_eval(_cfg(w, tmp_path / "d", "world", tau_search="test-oracle"), seg)

@@ -11,8 +11,8 @@ import pytest
 
 from attnseg.errors import BadConfigError
 from attnseg.eval.fake import ColorKeySegmentor
-from attnseg.eval.records import decode_record, encode_record, read_records
-from attnseg.eval.runner import EvalConfig, run_eval, subset
+from attnseg.eval.records import ImageRecord, decode_record, encode_record, read_records
+from attnseg.eval.runner import EvalConfig, _prefetch, run_eval, subset
 
 KEYS = ("mIoU", "per_class_iou", "pixel_accuracy", "mean_accuracy", "tau", "protocol")
 
@@ -156,3 +156,44 @@ def test_resume_reruns_a_partly_recorded_batch_whole(tmp_path: Path) -> None:
         return sorted(json.dumps({k: v for k, v in r.items() if k != "sec"}, sort_keys=True) for r in recs)  # type: ignore[union-attr]
 
     assert strip(log.read_bytes().splitlines(keepends=True)) == strip(full)
+
+
+def test_image_records_round_trip_and_malformed_ones_are_named() -> None:
+    rec = ImageRecord("a", (1, 2), 0.5, (0, 0, 5), ((0, 0, 5),) * 2, 0.25, {"special_token_mass": 0.5})
+    line = encode_record(rec.to_json())
+    assert ImageRecord.from_json(decode_record(line), "log") == rec  # type: ignore[arg-type]
+    bare = ImageRecord("b", (), None, None)
+    assert set(bare.to_json()) == {"id", "ids", "tau", "sec"}  # no conf, grid or diag keys when empty
+    with pytest.raises(BadConfigError, match="main-r0of1.jsonl holds a record that is not"):
+        ImageRecord.from_json({"id": "c", "ids": "x"}, "main-r0of1.jsonl")
+
+
+def test_prefetch_raises_the_producers_error_in_the_consumer() -> None:
+    def items():  # type: ignore[no-untyped-def]
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in _prefetch(items(), 2):
+            got.append(item)
+    assert got == [1]
+    assert list(_prefetch(iter([("__error__", 3), None]), 1)) == [("__error__", 3), None]  # plain data
+
+
+def test_segmentor_diagnostics_are_averaged_into_metrics(tmp_path: Path) -> None:
+    L.build("voc21", tmp_path / "d", n=3)
+
+    class Diag(ColorKeySegmentor):
+        def segment(self, images, classes, seed=0):  # type: ignore[no-untyped-def]
+            out = super().segment(images, classes, seed)
+            for r in out:  # one entry per prompt, as attnseg.Segmentor reports
+                r.meta["diagnostics"] = [
+                    {"prompt": "p", "special_token_mass": 0.2 * len(classes), "layer_weights": [1.0]}
+                ]
+            return out
+
+    m = run_eval(_cfg(tmp_path / "d", tmp_path / "r", protocol="oracle-tags"), Diag)
+    recs = [json.loads(x) for x in (tmp_path / "r/records/main-r0of1.jsonl").read_text().splitlines()]
+    masses = [r["diag"]["special_token_mass"] for r in recs if "diag" in r]
+    assert len(masses) == 3 and m["diagnostics"] == {"special_token_mass": pytest.approx(sum(masses) / 3)}

@@ -37,14 +37,13 @@ def test_shipped_models_fit_the_budget_and_use_safetensors():
 
 
 def _miou(preds: list[np.ndarray], truths: list[np.ndarray]) -> float:
-    """Dataset mIoU over the world classes that occur in the ground truth."""
-    ious = []
-    for c in CLASSES:
-        inter = sum(int(((p == c.id) & (t == c.id)).sum()) for p, t in zip(preds, truths))
-        union = sum(int(((p == c.id) | (t == c.id)).sum()) for p, t in zip(preds, truths))
-        if any((t == c.id).any() for t in truths):
-            ious.append(inter / union if union else 0.0)
-    return 100 * float(np.mean(ious))
+    """Dataset mIoU by eval's ConfusionMeter (eval id = world id - 1; the world has no background)."""
+    from attnseg.eval.metrics import ConfusionMeter
+
+    meter = ConfusionMeter(len(CLASSES))
+    for p, t in zip(preds, truths):
+        meter.update(torch.from_numpy(p.astype(np.int64) - 1), torch.from_numpy(t.astype(np.int64) - 1))
+    return 100 * meter.compute().miou
 
 
 def _oracle_mious(n: int = 24) -> dict[str, float]:
@@ -84,3 +83,31 @@ def test_default_model_clears_a_floor_that_broken_methods_miss():
     assert scores["goca"] >= FLOOR, scores
     for broken in ("random", "wrong order", "shifted spans"):
         assert scores["goca"] >= scores[broken] + 3, (broken, scores)
+
+
+def test_each_model_ships_its_tuned_timestep_and_tau():
+    for p in SHIPPED:
+        data = json.loads((p / "attnseg.json").read_text())
+        best = max(data["tuned"]["grid"], key=lambda g: g["miou"])
+        assert data["preset"] == {"timestep": best["timestep"], "refine_steps": best["refine_steps"]}, p.name
+        # τ 0: the world has no background pixel, so every pixel takes its best class
+        assert data["method"] == {"blur": best["blur"], "tau": 0.0}, p.name
+
+
+def test_default_world_eval_gives_the_tuned_number_whatever_tau(tmp_path, capsys):
+    """issue 12: `attnseg eval --dataset world` scored a background the world never has (τ 0.5: 56.2 vs 60.5)."""
+    from attnseg.cli import main
+    from attnseg.world.render import render_split
+
+    root = render_split(tmp_path / "val", "val", n=4, seed=0, progress=False)
+    base = ["eval", "--dataset", "world", "--root", str(root), "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    assert main([*base, "--out", str(tmp_path / "half"), "--tau", "0.5"]) == 0
+    default, half = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("default", "half"))
+    assert "background" not in default["per_class_iou"] and default["tau"] is None
+    assert default["mIoU"] == half["mIoU"] and default["counts"]["void_pixels"] == 0
+    meta = json.loads((tmp_path / "default" / "segmentor.json").read_text())["meta"]
+    tuned = json.loads((MODELS / (MODELS / "DEFAULT").read_text().strip() / "attnseg.json").read_text())
+    assert meta["timestep"] == tuned["preset"]["timestep"]
+    assert meta["settings"]["refine_steps"] == tuned["preset"]["refine_steps"]
+    assert meta["settings"]["tau"] == 0.0 and meta["settings"]["blur"] is False

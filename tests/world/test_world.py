@@ -90,7 +90,7 @@ def test_captions_agree_with_masks():
 def test_render_split_layout(tmp_path):
     out = render.render_split(tmp_path / "val", "val", n=3, seed=0, progress=False)
     cj = json.loads((out / "classes.json").read_text())
-    assert cj["ignore_index"] == 255 and cj["background_id"] == 0
+    assert cj["ignore_index"] == 255 and cj["background_id"] is None  # stuff covers every pixel
     assert {"id", "name", "synonyms", "kind"} <= set(cj["classes"][0])
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["000000", "000001", "000002"]
@@ -203,9 +203,10 @@ def test_a_32_latent_size_trains_exports_and_segments_on_16_maps(tmp_path, tiny_
     assert out.labels.shape == (64, 64) and len(out.meta["layers"]) == 7
 
 
-def test_scaling_lists_models_by_latent_and_tables_them(tmp_path, tiny_world):
+def test_scaling_lists_models_by_latent_and_runs_each_through_attnseg_eval(tmp_path, tiny_world):
     import argparse
 
+    from attnseg.eval.runner import EvalConfig, run_eval
     from attnseg.world.export import export_from_trainer
     from attnseg.world.scaling import add_scaling_arguments, run_scaling, shipped_models
 
@@ -220,8 +221,11 @@ def test_scaling_lists_models_by_latent_and_tables_them(tmp_path, tiny_world):
     argv = ["--val", str(tmp_path / "val"), "--n", "2", "--no-grid", "--out", str(tmp_path / "out")]
     assert run_scaling(parser.parse_args([*argv, "--models", str(models[1])])) == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())
-    # --resume evaluates the new model and keeps the finished rows, in results.json too
-    assert run_scaling(parser.parse_args([*argv, "--resume", "--models", *map(str, models)])) == 0
+    # run again with both models: the finished run folders are re-read, not evaluated again
+    logs = sorted((tmp_path / "out" / "runs").glob("*/records/main-*.jsonl"))
+    before = [p.read_bytes() for p in logs]
+    assert run_scaling(parser.parse_args([*argv, "--models", *map(str, models)])) == 0
+    assert [p.read_bytes() for p in logs] == before
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [(r["model"], r["latent"], r["method"]) for r in results] == [
         ("world-xs", 16, "vanilla"),
@@ -229,7 +233,22 @@ def test_scaling_lists_models_by_latent_and_tables_them(tmp_path, tiny_world):
         ("world-xs32", 32, "vanilla"),
         ("world-xs32", 32, "goca"),
     ]
-    assert results[2:] == first  # reused as they were, not evaluated again
+    assert results[2:] == first
+    # the study's number is attnseg eval's: the same command on the same scenes gives the same mIoU
+    cfg = EvalConfig(
+        dataset="world",
+        root=str(tmp_path / "val"),
+        out=str(tmp_path / "eval"),
+        model=str(models[1]),
+        method="goca",
+        dtype="float32",
+        progress=False,
+    )
+    m = run_eval(cfg)
+    assert 100 * m["mIoU"] == pytest.approx(results[3]["miou"])
+    assert "background" not in m["per_class_iou"] and set(results[3]["kind_iou"]) == {"stuff", "thing"}
+    own = json.loads((tmp_path / "eval" / "segmentor.json").read_text())["meta"]["timestep"]
+    assert results[3]["timestep"] == own and isinstance(own, int)
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| world-xs32 | 32² | goca |" in table and (tmp_path / "out" / "scaling.png").stat().st_size > 0
 
@@ -286,7 +305,7 @@ def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(
     }
     best = max(grid, key=lambda g: g["miou"])
     assert chosen["preset"] == {"timestep": best["timestep"], "refine_steps": best["refine_steps"]}
-    assert chosen["method"] == {"blur": best["blur"]}
+    assert chosen["method"] == {"blur": best["blur"], "tau": 0.0}  # the world has no background
     assert chosen["tuned"]["split"]["split"] == "test"
     path = write_defaults(
         model,
@@ -303,26 +322,33 @@ def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(
 
 
 def test_thing_pixels_splits_thing_pixels_by_where_they_went():
-    from attnseg.world.render import CLASS_BY_NAME
-    from attnseg.world.scaling import kind_means, per_class_iou, thing_pixels
+    from attnseg.eval.metrics import ConfusionMeter
+    from attnseg.world.scaling import thing_pixels
 
-    n = max(c.id for c in render.CLASSES) + 1
-    star, heart, sky, grass = (CLASS_BY_NAME[k].id for k in ("star", "heart", "sky", "grass"))
-    conf = np.zeros((n, n), np.int64)
-    conf[star, star], conf[star, heart], conf[heart, sky], conf[heart, 0] = 5, 2, 2, 1  # 10 thing pixels
-    conf[sky, sky], conf[grass, star] = 15, 5  # 20 stuff pixels
-    assert thing_pixels(conf) == pytest.approx(
-        {
-            "right_thing": 0.5,
-            "other_thing": 0.2,
-            "stuff": 0.2,
-            "background": 0.1,
-            "stuff_taken_by_things": 0.25,
-        }
+    kinds = ["stuff", "stuff", "thing", "thing"]  # eval ids: sky, grass, star, heart; 4 = void
+    sky, grass, star, heart, void = range(5)
+    mat = torch.zeros(5, 5, dtype=torch.int64)
+    mat[star, star], mat[star, heart], mat[heart, sky], mat[heart, void] = 5, 2, 2, 1  # 10 thing pixels
+    mat[sky, sky], mat[grass, star] = 15, 5  # 20 stuff pixels
+    assert thing_pixels(mat, kinds) == pytest.approx(
+        {"right_thing": 0.5, "other_thing": 0.2, "stuff": 0.2, "void": 0.1, "stuff_taken_by_things": 0.25}
     )
-    iou = per_class_iou(conf)  # only the classes in the truth, in %
-    assert iou == pytest.approx({"sky": 100 * 15 / 17, "grass": 0.0, "star": 100 * 5 / 12, "heart": 0.0})
-    assert kind_means(iou) == pytest.approx({"stuff_iou": 50 * 15 / 17, "things_iou": 50 * 5 / 12})
+    s = ConfusionMeter.from_matrix(mat, kinds).compute()
+    assert s.iou == pytest.approx((15 / 17, 0.0, 5 / 12, 0.0))
+    assert s.kind_iou == pytest.approx({"stuff": 15 / 34, "thing": 5 / 24})
+
+
+def test_list_captions_use_the_segmentors_prompt_composer():
+    from attnseg.prompts import DEFAULT_TEMPLATE, compose_prompt
+    from attnseg.world.train import list_caption
+
+    caption = list_caption("a red star on the grass near some water", np.random.default_rng(0))
+    names = caption.removeprefix("a photo of ").removesuffix(".").replace(" and ", ", ").split(", ")
+    assert sorted(names) == ["grass", "star", "water"]
+    assert (
+        caption == compose_prompt(names) == DEFAULT_TEMPLATE.format(f"{names[0]}, {names[1]} and {names[2]}")
+    )
+    assert list_caption("nothing named", np.random.default_rng(0)) == ""
 
 
 @pytest.mark.parametrize("mask_pads", [True, False])

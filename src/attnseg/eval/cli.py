@@ -32,6 +32,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     add_loading_options(g)
     g.add_argument(
+        "--timestep",
+        type=int,
+        default=None,
+        help="read the maps at this denoising timestep (default: the model's own, from its preset or attnseg.json)",
+    )
+    g.add_argument(
         "--segmentor",
         default=None,
         metavar="MODULE:CALLABLE",

@@ -1,8 +1,9 @@
 """Readers for the benchmark data sets, each in its official (or mmseg-converted) folder layout.
 
-Every reader maps its raw label files to *eval ids* 0..C-1 over its class list (`classes`), with 255 ignored.
-Data sets with a background class (voc21, context60, coco-object, world) have it at eval id 0; it is never
-prompted by name: the segmentor's τ channel stands for it.
+Every reader maps its raw label files to *eval ids* 0..C-1 over its class list (`classes`), with IGNORE_INDEX
+(255) ignored. Data sets with a background class (voc21, context60, coco-object; a world folder whose
+classes.json names a background_id) have it at eval id 0; it is never prompted by name: the segmentor's τ
+channel stands for it. The rendered world has no background pixel and so no background class.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from attnseg.errors import BadConfigError, BadDatasetError
+from attnseg.labelmaps import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 _UNKNOWN = -1  # a raw value a reader does not expect: reading fails loudly instead of scoring it wrongly
 _CLASSNAMES = Path(__file__).parent / "classnames"
 _SHOW_MISSING = 3
@@ -127,6 +128,11 @@ class SegDataset:
         return [display_name(c) for c in self.classes]
 
     @property
+    def class_kinds(self) -> list[str | None] | None:
+        """Each class's kind ("stuff", "thing", None for background) where the data set names kinds, else None."""
+        return None
+
+    @property
     def foreground_ids(self) -> list[int]:
         """The eval ids a prompt may name (every class but the background)."""
         return list(range(1 if self.has_background else 0, self.num_classes))
@@ -183,7 +189,7 @@ class SegDataset:
     def _expected_values(self, table: str) -> str:
         """The raw values a table accepts, in words."""
         ok = np.flatnonzero(self._luts[table] != _UNKNOWN)
-        return f"expected values {int(ok.min())}..{int(ok[ok != IGNORE_INDEX].max())} and 255"
+        return f"expected values {int(ok.min())}..{int(ok[ok != IGNORE_INDEX].max())} and {IGNORE_INDEX}"
 
 
 # -- PASCAL VOC 2012 -------------------------------------------------------------------------------------
@@ -506,9 +512,14 @@ class ADE20K(SegDataset):
 
 # -- The synthetic world ---------------------------------------------------------------------------------
 class World(SegDataset):
-    """The project's synthetic world as `attnseg world render` writes it; 0 = background, 255 ignored."""
+    """The project's synthetic world as `attnseg world render` writes it; 255 ignored.
 
-    name, title, has_background = "world", "World", True
+    Its classes.json says whether it has a background: `background_id` null (what the renderer writes: stuff
+    covers every pixel) gives the world's classes alone, scored without τ like COCO-Stuff; an id gives a
+    background class at eval id 0, as VOC has.
+    """
+
+    name, title = "world", "World"
     splits = ()
     default_split = None
     heldout_split = None  # a world folder holds one split: a held-out τ needs --tau-root (another render)
@@ -535,6 +546,16 @@ class World(SegDataset):
             )
         super().__init__(root_p, held)
 
+    @property
+    def has_background(self) -> bool:  # type: ignore[override]
+        """Whether classes.json names a background id (the rendered world does not)."""
+        return self._bg is not None
+
+    @property
+    def class_kinds(self) -> list[str | None]:
+        """The kind classes.json gives each class ("stuff", "thing"), None for background."""
+        return ([None] if self.has_background else []) + list(self._kinds)
+
     def _classes(self) -> list[str]:
         path = self.root / "classes.json"
         if not path.is_file():
@@ -542,9 +563,11 @@ class World(SegDataset):
         try:
             spec = json.loads(path.read_text())
             entries = sorted(spec["classes"], key=lambda c: int(c["id"]))
-            self._bg = int(spec.get("background_id", 0))
+            bg = spec.get("background_id", 0)  # folders rendered before the null existed name 0
+            self._bg = None if bg is None else int(bg)
             self._ignore = int(spec.get("ignore_index", IGNORE_INDEX))
             self._ids = [int(c["id"]) for c in entries]
+            self._kinds = [c.get("kind") for c in entries]
             names = []
             for c in entries:
                 syn = [str(c["name"])] + [str(s) for s in c.get("synonyms", []) if str(s) != str(c["name"])]
@@ -559,11 +582,14 @@ class World(SegDataset):
             )
         if not all(0 <= i < 256 for i in self._ids):
             raise BadDatasetError(f"{self.title}: {path}: class ids must lie in 0..255")
-        return ["background"] + names
+        return (["background"] if self.has_background else []) + names
 
     def _tables(self) -> dict[str, np.ndarray]:
-        pairs = {self._bg: 0, self._ignore: IGNORE_INDEX} | {raw: k + 1 for k, raw in enumerate(self._ids)}
-        return {"default": _lut(pairs)}
+        first = 1 if self.has_background else 0
+        pairs = {self._ignore: IGNORE_INDEX} | {raw: first + k for k, raw in enumerate(self._ids)}
+        if self._bg is not None:
+            pairs[self._bg] = 0
+        return {"default": _lut(pairs)}  # without a background id a 0 pixel is unknown and fails loudly
 
     def _list(self) -> list[Sample]:
         index = self.root / "index.jsonl"

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from attnseg.errors import BadConfigError
-from attnseg.eval.datasets import IGNORE_INDEX, SegDataset
+from attnseg.eval.datasets import SegDataset
+from attnseg.labelmaps import IGNORE_INDEX
 
 PROTOCOLS = ("oracle-tags", "open")
 TAU_MODES = ("fixed", "heldout", "test-oracle")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,52 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What eval keeps of one scored image: enough to re-score it at any τ of the grid, never its score maps."""
+
+    id: str
+    ids: tuple[int, ...]  # the eval ids it was prompted with
+    tau: float | None  # the τ its confusion was labelled with; None: argmax, grid only, or nothing prompted
+    conf: (
+        tuple[int, ...] | None
+    )  # sparse confusion [row, col, count, ...]; None where only the grid was asked
+    grid: tuple[tuple[int, ...], ...] | None = None  # one sparse confusion per τ of the grid (τ searches)
+    sec: float = 0.0  # seconds of segmentation, the batch's time shared among its images
+    diag: Mapping[str, float] = field(default_factory=dict)  # the segmentor's per-image scalar diagnostics
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as one JSON object (fields that are None or empty are left out)."""
+        out: dict[str, Any] = {"id": self.id, "ids": list(self.ids), "tau": self.tau}
+        if self.conf is not None:
+            out["conf"] = list(self.conf)
+        if self.grid is not None:
+            out["grid"] = [list(g) for g in self.grid]
+        out["sec"] = self.sec
+        if self.diag:
+            out["diag"] = dict(self.diag)
+        return out
+
+    @classmethod
+    def from_json(cls, rec: Mapping[str, Any], where: str) -> ImageRecord:
+        """A record read back from a log; a malformed one names its log and asks for a new run folder."""
+        try:
+            grid = rec.get("grid")
+            return cls(
+                id=str(rec["id"]),
+                ids=tuple(int(i) for i in rec["ids"]),
+                tau=None if rec.get("tau") is None else float(rec["tau"]),
+                conf=None if rec.get("conf") is None else tuple(int(v) for v in rec["conf"]),
+                grid=None if grid is None else tuple(tuple(int(v) for v in g) for g in grid),
+                sec=float(rec.get("sec", 0.0)),
+                diag={str(k): float(v) for k, v in rec.get("diag", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BadConfigError(
+                f"{where} holds a record that is not an attnseg eval image record; use a new --out"
+            ) from None
 
 
 def _payload(rec: dict[str, Any]) -> bytes:

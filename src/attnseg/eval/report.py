@@ -21,7 +21,19 @@ _TAU_LABEL = {"fixed": "τ fixed", "none": "τ fixed", "heldout": "τ held-out",
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """The metrics.json of a finished run, with the folder it came from."""
-    path = Path(run_dir) / "metrics.json"
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise BadConfigError(f"{run_dir} {what}; give the run folder an `attnseg eval --out` wrote")
+    config = folder / "config.json"
+    try:
+        json.loads(config.read_text())["identity"]  # noqa: B018 - what every attnseg run folder has
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadConfigError(
+            f"{run_dir} is not an attnseg eval run (no attnseg config.json in it); give the run folder an "
+            "`attnseg eval --out` wrote"
+        ) from None
+    path = folder / "metrics.json"
     if not path.is_file():
         raise BadConfigError(
             f"{run_dir} has no metrics.json: the run has not finished; run the same attnseg eval command again to complete it"
@@ -47,26 +59,45 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _rows(runs: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str, str], dict[str, dict[str, Any]]]]:
+    """Runs grouped into table rows: one per method × model × protocol, and another wherever a cell is taken."""
+    rows: list[tuple[tuple[str, str, str], dict[str, dict[str, Any]]]] = []
+    for r in runs:
+        key = (r.get("method", "?"), r.get("model", "?"), protocol_label(r))
+        free = next((cells for k, cells in rows if k == key and r["dataset"] not in cells), None)
+        if free is None:  # a second run of the same method, model, protocol and data set gets its own row
+            free = {}
+            rows.append((key, free))
+        free[r["dataset"]] = r
+    return rows
+
+
 def table(runs: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table: rows method × model × protocol, columns data sets, cells mIoU (%)."""
+    """A Markdown table: rows method × model × protocol, columns data sets, cells mIoU (%).
+
+    Every run has a cell: runs that would share one go to rows of their own, and a Run column (the run
+    folders) tells those rows apart.
+    """
     cols = [d for d in DATASET_ORDER if any(r["dataset"] == d for r in runs)]
     titles = {r["dataset"]: r.get("title", r["dataset"]) for r in runs}
-    rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-    for r in runs:  # a later run on the command line replaces an earlier one in the same cell
-        rows.setdefault((r.get("method", "?"), r.get("model", "?"), protocol_label(r)), {})[r["dataset"]] = r
+    rows = _rows(runs)
+    keys = [k for k, _ in rows]
+    show_run = len(set(keys)) < len(keys)
     lines = [
         "| Method | Model | Protocol | "
+        + ("Run | " if show_run else "")
         + " | ".join(titles[c] for c in cols)
         + (" | Avg. |" if len(cols) > 1 else " |"),
-        "|---|---|---|" + "---:|" * (len(cols) + (1 if len(cols) > 1 else 0)),
+        "|---|---|---|" + ("---|" if show_run else "") + "---:|" * (len(cols) + (1 if len(cols) > 1 else 0)),
     ]
-    for (method, model, proto), cells in rows.items():
+    for (method, model, proto), cells in rows:
         vals = []
         for c in cols:
             r = cells.get(c)
             mark = "†" if r is not None and r["protocol"].get("oracle_tau") else ""
             vals.append(_fmt(r["mIoU"] if r else None) + mark)
-        line = f"| {method} | {model} | {proto} | " + " | ".join(vals)
+        run = ", ".join(cells[c]["_run"] for c in cols if c in cells)
+        line = f"| {method} | {model} | {proto} | " + (f"{run} | " if show_run else "") + " | ".join(vals)
         if len(cols) > 1:
             got = [cells[c]["mIoU"] for c in cols if c in cells and cells[c]["mIoU"] is not None]
             line += " | " + (_fmt(sum(got) / len(got)) if len(got) == len(cols) else "–")
@@ -109,7 +140,7 @@ def bars(runs: Sequence[dict[str, Any]]) -> Image.Image:
         im = Image.new("RGB", (panel_w, h), "white")
         dr = ImageDraw.Draw(im)
         tau = "" if r.get("tau") is None else f"  (tau {r['tau']:g})"
-        head = f"{r.get('title', r['dataset'])}  mIoU {_fmt(r['mIoU'])}{tau}"
+        head = f"{Path(r['_run']).name}: {r.get('title', r['dataset'])}  mIoU {_fmt(r['mIoU'])}{tau}"
         dr.text((pad, 6), head, fill="black", font=title_font)
         dr.text(
             (pad, 24),

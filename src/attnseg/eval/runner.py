@@ -12,9 +12,12 @@ Run folder:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import importlib
 import io
 import json
+import math
 import os
 import platform
 import queue
@@ -24,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,14 @@ from attnseg.errors import AttnsegError, BadConfigError, BadDatasetError
 from attnseg.eval import metrics as M
 from attnseg.eval.datasets import Sample, SegDataset, get_dataset
 from attnseg.eval.protocols import DEFAULT_CLASSES_PER_PROMPT, DEFAULT_TAU_GRID, Protocol, best_class, predict
-from attnseg.eval.records import RecordLog, atomic_write_bytes, atomic_write_json, iter_logs, read_records
+from attnseg.eval.records import (
+    ImageRecord,
+    RecordLog,
+    atomic_write_bytes,
+    atomic_write_json,
+    iter_logs,
+    read_records,
+)
 
 FORMAT = 1
 # Settings that do not change a single number and may differ between a run and its resumption.
@@ -58,6 +68,7 @@ class EvalConfig:
     device: str | None = None
     dtype: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()
+    timestep: int | None = None  # the denoising timestep the maps are read at (None: the model's preset)
     template: str | None = None  # prompt template with {} for the class list (None: the segmentor's default)
     allow_pickle: bool = False
     config_folder: str | None = None
@@ -174,10 +185,23 @@ def subset(samples: Sequence[Sample], n: int | None) -> list[Sample]:
     return [samples[(i * len(samples)) // n] for i in range(n)]
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """What the prefetch thread hands over when producing an item raised: the error, raised by the consumer."""
+
+    error: BaseException
+
+
+class _End(enum.Enum):
+    """The prefetch thread's last item: nothing follows."""
+
+    END = enum.auto()
+
+
 def _prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
     """Iterate items produced by a background thread (image decoding overlaps the model)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-    end, stop = object(), threading.Event()
+    stop = threading.Event()
 
     def work() -> None:
         try:
@@ -191,18 +215,18 @@ def _prefetch(items: Iterable[Any], depth: int) -> Iterator[Any]:
                 if stop.is_set():
                     return
         except BaseException as e:  # handed to the consumer, raised there
-            q.put(("__error__", e))
-        q.put(end)
+            q.put(_Failed(e))
+        q.put(_End.END)
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
     try:
         while True:
             item = q.get()
-            if item is end:
+            if item is _End.END:
                 return
-            if isinstance(item, tuple) and len(item) == 2 and item[0] == "__error__":
-                raise item[1]
+            if isinstance(item, _Failed):
+                raise item.error
             yield item
     finally:
         stop.set()
@@ -278,7 +302,7 @@ def make_segmentor(cfg: EvalConfig) -> Any:
         extra["template"] = cfg.template
     if cfg.config_folder is not None:
         extra["config_folder"] = cfg.config_folder
-    return Segmentor.from_pretrained(
+    seg = Segmentor.from_pretrained(
         cfg.model,
         method=cfg.method,
         device=device,
@@ -287,6 +311,14 @@ def make_segmentor(cfg: EvalConfig) -> Any:
         allow_pickle=cfg.allow_pickle,
         **extra,
     )
+    if cfg.timestep is not None:
+        preset = seg.backbone.preset
+        if preset.sigma is not None:
+            raise BadConfigError(
+                f"--timestep: {cfg.model or 'this model'} is noised by σ ({preset.sigma}), not by a timestep"
+            )
+        seg.backbone.preset = dataclasses.replace(preset, timestep=cfg.timestep)
+    return seg
 
 
 def _model_name(info: Any) -> str | None:
@@ -345,33 +377,47 @@ def _prepare_folder(out: Path, cfg: EvalConfig, d: _Dist) -> None:
         log.append(launch)
 
 
-def _load_done(folder: Path, phase: str, want: set[str], own: RecordLog) -> dict[str, dict[str, Any]]:
+def _load_done(folder: Path, phase: str, want: set[str], own: RecordLog) -> dict[str, ImageRecord]:
     """Records of earlier launches (any process count) for the ids this process owns."""
-    done: dict[str, dict[str, Any]] = {}
-    for rec in own.records:
-        if rec.get("id") in want:
-            done.setdefault(rec["id"], rec)
-    for path in iter_logs(folder, phase):
-        if path == own.path:
-            continue
-        for rec in read_records(path)[0]:
-            if rec.get("id") in want:
-                done.setdefault(rec["id"], rec)
+    done: dict[str, ImageRecord] = {}
+    logs = [(own.path, own.records)] + [
+        (p, read_records(p)[0]) for p in iter_logs(folder, phase) if p != own.path
+    ]
+    for path, records in logs:
+        for rec in records:
+            if rec.get("id") in want and rec["id"] not in done:
+                done[rec["id"]] = ImageRecord.from_json(rec, str(path))
     return done
 
 
 # -- one phase: every image of a sample list, each scored once -------------------------------------------
-@dataclass
+class TauSource(enum.Enum):
+    """Where a phase's τ comes from when it is not a number given in advance."""
+
+    SEGMENTOR = "the segmentor's own τ (Segmentation.tau)"
+
+
+@dataclass(frozen=True)
 class _Phase:
     """What one pass over a list of images needs."""
 
     name: str  # "main" or "tau"
     dataset: SegDataset
     samples: list[Sample]
-    tau: (
-        float | str | None
-    )  # a τ for the record's confusion; "own" = the segmentor's τ; None = grid only / argmax
+    tau: float | TauSource | None  # the τ of the record's confusion; None: grid only, or argmax labels
     want_grid: bool
+
+
+@dataclass(frozen=True)
+class _PhaseTotals:
+    """A phase's records summed over every process."""
+
+    conf: torch.Tensor  # (C+1)×(C+1)
+    grid: torch.Tensor  # G×(C+1)×(C+1), empty without a grid
+    tau: float | None
+    images: int
+    sec: float
+    diag: dict[str, float]  # mean over images of each per-image diagnostic
 
 
 class Runner:
@@ -443,26 +489,25 @@ class Runner:
 
         if uses_tau and protocol.tau_mode == "heldout":
             assert held is not None
-            grid = self._phase(d, _Phase("tau", held, held_samples, None, True))["grid"]
+            grid = self._phase(d, _Phase("tau", held, held_samples, None, True)).grid
             tau_info = self._choose_tau(dataset, grid, "heldout", held, len(held_samples))
             main = _Phase("main", dataset, samples, tau_info["chosen"], True)
         elif uses_tau and protocol.tau_mode == "test-oracle":
             main = _Phase("main", dataset, samples, None, True)
         elif uses_tau:
-            main = _Phase(
-                "main", dataset, samples, float(protocol.tau) if protocol.tau is not None else "own", True
-            )
+            tau = float(protocol.tau) if protocol.tau is not None else TauSource.SEGMENTOR
+            main = _Phase("main", dataset, samples, tau, True)
         else:
             main = _Phase("main", dataset, samples, None, False)
 
         agg = self._phase(d, main)
         if uses_tau and protocol.tau_mode == "test-oracle":
-            tau_info = self._choose_tau(dataset, agg["grid"], "test-oracle", dataset, len(samples))
+            tau_info = self._choose_tau(dataset, agg.grid, "test-oracle", dataset, len(samples))
             tau = tau_info["chosen"]
-            conf = agg["grid"][list(protocol.tau_grid).index(tau)]
+            conf = agg.grid[list(protocol.tau_grid).index(tau)]
         else:
-            conf = agg["conf"]
-            tau = agg["tau"] if uses_tau else None
+            conf = agg.conf
+            tau = agg.tau if uses_tau else None
         result = self._metrics(dataset, samples, conf, tau, agg, tau_info, d)
         if d.rank == 0:
             if tau_info is not None:
@@ -487,14 +532,14 @@ class Runner:
             )
 
     # .. the pass over images ..
-    def _phase(self, d: _Dist, ph: _Phase) -> dict[str, Any]:
+    def _phase(self, d: _Dist, ph: _Phase) -> _PhaseTotals:
         """Score this process's shard of ph.samples (skipping recorded images) and reduce over processes."""
         n = ph.dataset.num_classes + 1
         shard = ph.samples[d.rank :: d.world]
         want = {s.id for s in shard}
         folder = self.out / "records"
         err: BaseException | None = None
-        recs: dict[str, dict[str, Any]] = {}
+        recs: dict[str, ImageRecord] = {}
         log: RecordLog | None = None
         try:
             log = RecordLog(folder / f"{ph.name}-r{d.rank}of{d.world}.jsonl")
@@ -508,7 +553,9 @@ class Runner:
         d.agree(err)
         return self._reduce(ph, [recs[s.id] for s in shard], n, d)
 
-    def _score(self, ph: _Phase, shard: list[Sample], log: RecordLog, recs: dict[str, Any], d: _Dist) -> None:
+    def _score(
+        self, ph: _Phase, shard: list[Sample], log: RecordLog, recs: dict[str, ImageRecord], d: _Dist
+    ) -> None:
         """Segment the shard's unrecorded images and append one record per image.
 
         Batches are fixed blocks of the shard (cut further where the class list changes), so a resumed run
@@ -530,7 +577,7 @@ class Runner:
             dynamic_ncols=True,
             smoothing=0.1,
         )
-        running = torch.zeros(ds.num_classes + 1, ds.num_classes + 1, dtype=torch.int64)
+        running = M.ConfusionMeter(ds.num_classes)  # for the progress bar only
 
         def load(s: Sample) -> tuple[Sample, Any, np.ndarray, list[int]]:
             img, gt = ds.load_image(s), ds.load_mask(s)
@@ -560,19 +607,20 @@ class Runner:
         ph: _Phase,
         batch: list[Any],
         log: RecordLog,
-        recs: dict[str, Any],
-        running: torch.Tensor,
+        recs: dict[str, ImageRecord],
+        running: M.ConfusionMeter,
         bar: Any,
     ) -> None:
         """Segment one batch (all images share a class list) and record each image."""
-        t0 = time.perf_counter()
         ds, protocol = ph.dataset, self.protocol
         ids = batch[0][3]
         images = [b[1] for b in batch]
         per_image: list[list[torch.Tensor]] = [[] for _ in batch]
+        diags: list[list[dict[str, Any]]] = [[] for _ in batch]
         own_tau: float | None = None
-        if ids:
-            seg = self.seg.get()
+        seg = self.seg.get() if ids else None  # loaded before the clock starts: sec is segmentation time
+        t0 = time.perf_counter()
+        if seg is not None:
             for chunk in protocol.chunks(ids):
                 names = [protocol.prompt_text(ds, i) for i in chunk]
                 res = seg.segment(images, names, seed=self.cfg.seed)
@@ -590,6 +638,7 @@ class Runner:
                             f"{w}×{h} image; Segmentation.scores must be K×H×W at the image size"
                         )
                     per_image[j].append(sc.float())
+                    diags[j] += (getattr(r, "meta", None) or {}).get("diagnostics") or []
                     if getattr(r, "tau", None) is not None:
                         own_tau = float(r.tau)
                 if self.seg_meta is None:
@@ -600,14 +649,14 @@ class Runner:
         for j, (s, _img, gt, _ids) in enumerate(batch):
             if s.id in recs:  # recorded by an earlier launch; its block was run again only for its neighbours
                 continue
-            rec = self._record(ph, s, gt, per_image[j], ids, own_tau, sec)
-            log.append(rec)
+            rec = self._record(ph, s, gt, per_image[j], ids, own_tau, sec, _scalar_means(diags[j]))
+            log.append(rec.to_json())
             recs[s.id] = rec
             bar.update(1)
-            if "conf" in rec:
-                running += M.dense(rec["conf"], ds.num_classes + 1)
-                m = M.miou(running, ds.num_classes)
-                if m == m:
+            if rec.conf is not None:
+                running.add_matrix(M.dense(rec.conf, ds.num_classes + 1))
+                m = running.compute().miou
+                if not math.isnan(m):
                     bar.set_postfix_str(f"mIoU {100 * m:.1f}", refresh=False)
 
     def _record(
@@ -619,43 +668,40 @@ class Runner:
         ids: list[int],
         own_tau: float | None,
         sec: float,
-    ) -> dict[str, Any]:
+        diag: dict[str, float],
+    ) -> ImageRecord:
         """The per-image record: prompted ids, τ, sparse confusion and (for τ sweeps) the grid's confusions."""
         ds, protocol = ph.dataset, self.protocol
         n, fill = ds.num_classes + 1, protocol.fill(ds)
         tau: float | None
-        if ph.tau == "own":
+        if ph.tau is TauSource.SEGMENTOR:
             tau = own_tau  # None when nothing was prompted: every pixel is background whatever τ is
             if parts and tau is None:
                 raise BadConfigError("the segmentor reports no τ (Segmentation.tau is missing): pass --tau")
         else:
-            tau = ph.tau  # type: ignore[assignment]
-        rec: dict[str, Any] = {"id": s.id, "ids": list(ids)}
+            tau = ph.tau
+        sec = round(sec, 4)
         if not parts:  # nothing to prompt: every pixel is background (or void)
             gt_t = torch.from_numpy(gt)
-            conf = M.confusion(gt_t, torch.full_like(gt_t, fill), n)
-            if ph.tau is not None or not ph.want_grid:
-                rec["conf"] = M.sparse(conf)
-            if ph.want_grid:
-                rec["grid"] = [M.sparse(conf)] * len(protocol.tau_grid)
-            rec["tau"] = None
-            rec["sec"] = round(sec, 4)
-            return rec
+            flat = tuple(M.sparse(M.confusion(gt_t, torch.full_like(gt_t, fill), n)))
+            conf = flat if ph.tau is not None or not ph.want_grid else None
+            grid = (flat,) * len(protocol.tau_grid) if ph.want_grid else None
+            return ImageRecord(s.id, tuple(ids), None, conf, grid, sec, diag)
         scores = torch.cat(parts, 0)
         gt_t = torch.from_numpy(gt).to(scores.device)
         if not protocol.uses_tau(ds):
-            rec["conf"] = M.sparse(M.confusion(gt_t, predict(scores, ids, None, fill), n))
-            rec["tau"] = None
-        else:
-            if ph.want_grid:
-                best, bid = best_class(scores, ids)
-                grid = M.grid_confusions(gt_t, best, bid, protocol.tau_grid, fill, n)
-                rec["grid"] = [M.sparse(g) for g in grid]
-            if tau is not None:
-                rec["conf"] = M.sparse(M.confusion(gt_t, predict(scores, ids, tau, fill), n))
-            rec["tau"] = tau
-        rec["sec"] = round(sec, 4)
-        return rec
+            conf = tuple(M.sparse(M.confusion(gt_t, predict(scores, ids, None, fill), n)))
+            return ImageRecord(s.id, tuple(ids), None, conf, None, sec, diag)
+        grid = None
+        if ph.want_grid:
+            best, bid = best_class(scores, ids)
+            grid = tuple(
+                tuple(M.sparse(g)) for g in M.grid_confusions(gt_t, best, bid, protocol.tau_grid, fill, n)
+            )
+        conf = None
+        if tau is not None:
+            conf = tuple(M.sparse(M.confusion(gt_t, predict(scores, ids, tau, fill), n)))
+        return ImageRecord(s.id, tuple(ids), tau, conf, grid, sec, diag)
 
     def _save_meta(self) -> None:
         """segmentor.json: what the segmentor said about itself, once per run folder."""
@@ -667,33 +713,41 @@ class Runner:
                 pass  # another process wrote it at the same moment
 
     # .. reduction ..
-    def _reduce(self, ph: _Phase, recs: list[dict[str, Any]], n: int, d: _Dist) -> dict[str, Any]:
+    def _reduce(self, ph: _Phase, recs: list[ImageRecord], n: int, d: _Dist) -> _PhaseTotals:
         """Sum this shard's records and reduce over processes."""
         g = len(self.protocol.tau_grid)
         conf = torch.zeros(n, n, dtype=torch.int64)
         grid = torch.zeros(g if ph.want_grid else 0, n, n, dtype=torch.int64)
         taus: set[float] = set()
         sec = 0.0
+        diag_sum: dict[str, float] = {}
+        diag_count: dict[str, int] = {}
         err: BaseException | None = None
         try:
             for rec in recs:
-                if "conf" in rec:
-                    conf += M.dense(rec["conf"], n)
+                if rec.conf is not None:
+                    conf += M.dense(rec.conf, n)
                 if ph.want_grid:
-                    if len(rec.get("grid", ())) != g:
+                    if rec.grid is None or len(rec.grid) != g:
                         raise BadConfigError(
-                            f"record {rec['id']} in {self.out} has no τ grid of {g} values; use a new --out"
+                            f"record {rec.id} in {self.out} has no τ grid of {g} values; use a new --out"
                         )
-                    for k, cell in enumerate(rec["grid"]):
+                    for k, cell in enumerate(rec.grid):
                         grid[k] += M.dense(cell, n)
-                if rec.get("tau") is not None:
-                    taus.add(float(rec["tau"]))
-                sec += float(rec.get("sec", 0.0))
+                if rec.tau is not None:
+                    taus.add(rec.tau)
+                sec += rec.sec
+                for key, value in rec.diag.items():
+                    diag_sum[key] = diag_sum.get(key, 0.0) + value
+                    diag_count[key] = diag_count.get(key, 0) + 1
         except Exception as e:  # noqa: BLE001 - a malformed record stops every process
             err = e
         d.agree(err)
-        conf, grid = d.all_reduce(conf), d.all_reduce(grid)
-        parts = d.gather({"images": len(recs), "taus": sorted(taus), "sec": sec})
+        conf = M.ConfusionMeter.from_matrix(conf).all_reduce(d.all_reduce).mat
+        grid = d.all_reduce(grid)
+        parts = d.gather(
+            {"images": len(recs), "taus": sorted(taus), "sec": sec, "diag": (diag_sum, diag_count)}
+        )
         all_taus = sorted({t for p in parts for t in p["taus"]})
         if len(all_taus) > 1:
             raise BadConfigError(
@@ -711,21 +765,34 @@ class Runner:
                     f"records in {self.out} were scored with τ {all_taus}, not {ph.tau}; use a new --out"
                 )
             tau = ph.tau
-        return {"conf": conf, "grid": grid, "tau": tau, "images": images, "sec": sum(p["sec"] for p in parts)}
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for p in parts:
+            for key, value in p["diag"][0].items():
+                totals[key] = totals.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + p["diag"][1][key]
+        return _PhaseTotals(
+            conf=conf,
+            grid=grid,
+            tau=tau,
+            images=images,
+            sec=sum(p["sec"] for p in parts),
+            diag={k: totals[k] / counts[k] for k in sorted(totals)},
+        )
 
     def _choose_tau(
         self, dataset: SegDataset, grid: torch.Tensor, mode: str, on: SegDataset, images: int
     ) -> dict[str, Any]:
         """The τ of the grid with the highest mIoU (the smallest on a tie)."""
         taus = list(self.protocol.tau_grid)
-        mious = [M.miou(grid[k], dataset.num_classes) for k in range(len(taus))]
-        best = max(range(len(taus)), key=lambda k: (mious[k] if mious[k] == mious[k] else -1.0, -k))
+        mious = [M.ConfusionMeter.from_matrix(grid[k]).compute().miou for k in range(len(taus))]
+        best = max(range(len(taus)), key=lambda k: (-1.0 if math.isnan(mious[k]) else mious[k], -k))
         return {
             "mode": mode,
             "oracle": mode == "test-oracle",
             "on": {"root": str(on.root.resolve()), "split": on.split or "all", "images": images},
             "grid": taus,
-            "mIoU": [m if m == m else None for m in mious],
+            "mIoU": [None if math.isnan(m) else m for m in mious],
             "chosen": taus[best],
         }
 
@@ -735,13 +802,13 @@ class Runner:
         samples: list[Sample],
         conf: torch.Tensor,
         tau: float | None,
-        agg: dict[str, Any],
+        agg: _PhaseTotals,
         tau_info: dict[str, Any] | None,
         d: _Dist,
     ) -> dict[str, Any]:
         """The content of metrics.json."""
         cfg = self.cfg
-        sc = M.scores(conf, ds.num_classes)
+        sc = M.ConfusionMeter.from_matrix(conf, ds.class_kinds).compute().to_json()
         meta = self.seg_meta
         if meta is None and (self.out / "segmentor.json").exists():
             try:
@@ -767,11 +834,14 @@ class Runner:
             "pixel_accuracy": sc["pixel_accuracy"],
             "mean_accuracy": sc["mean_accuracy"],
             "per_class_iou": dict(zip(ds.class_names, sc["iou"])),
+            "kind_iou": sc["kind_iou"]
+            or None,  # mean IoU of stuff and of things, where the data set names kinds
+            "diagnostics": agg.diag or None,  # the segmentor's per-image diagnostics, averaged over images
             "protocol": self.protocol.describe(ds, tau),
             "tau": tau,
             "tau_search": tau_info,
             "counts": {
-                "images": agg["images"],
+                "images": agg.images,
                 "images_in_split": len(ds.samples),
                 "pixels": sc["pixels"],
                 "classes": ds.num_classes,
@@ -779,7 +849,7 @@ class Runner:
                 "void_pixels": int(conf[:, -1].sum()),
                 "gt_pixels_per_class": dict(zip(ds.class_names, gt_px)),
                 "processes": d.world,
-                "seconds_per_image": agg["sec"] / max(1, agg["images"]),
+                "seconds_per_image": agg.sec / max(1, agg.images),
             },
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -790,6 +860,11 @@ def run_eval(cfg: EvalConfig, segmentor_factory: Callable[[], Any] | None = None
     return Runner(cfg, segmentor_factory).run()
 
 
-def with_overrides(cfg: EvalConfig, **changes: Any) -> EvalConfig:
-    """A copy of cfg with some settings changed."""
-    return replace(cfg, **changes)
+def _scalar_means(diagnostics: list[dict[str, Any]]) -> dict[str, float]:
+    """Per key, the mean of the finite numbers among a segmentor's per-prompt diagnostics of one image."""
+    values: dict[str, list[float]] = {}
+    for entry in diagnostics:
+        for key, value in entry.items() if isinstance(entry, dict) else ():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values.setdefault(str(key), []).append(float(value))
+    return {k: sum(v) / len(v) for k, v in values.items()}

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from attnseg.errors import BadConfigError
+from attnseg.labelmaps import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 BACKGROUND_ID = 0
 SUPERSAMPLE = 4
 
@@ -472,7 +472,8 @@ def classes_json() -> dict:
             {"id": c.id, "name": c.name, "synonyms": list(c.synonyms), "kind": c.kind} for c in CLASSES
         ],
         "ignore_index": IGNORE_INDEX,
-        "background_id": BACKGROUND_ID,
+        # Stuff covers every pixel, so no mask holds BACKGROUND_ID: null tells readers to score no background class.
+        "background_id": None,
     }
 
 

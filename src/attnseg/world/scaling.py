@@ -1,26 +1,33 @@
-"""The scaling study: every shipped world model, vanilla and goca, on the val split; plus a generation grid."""
+"""The scaling study: every shipped world model, vanilla and goca, on the val split; plus a generation grid.
+
+Each (model, method) is one `attnseg eval` run (`run_eval` on the World reader, oracle class prompts), in
+its own resumable run folder under `--out/runs/`, so the study's mIoU is the number `attnseg eval --dataset
+world` gives, with the same class rule (eval/metrics.py).
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import hashlib
 import json
-import time
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from attnseg.errors import BadDatasetError
 from attnseg.eval.records import atomic_write_text
 from attnseg.io import atomic_path
 from attnseg.world import model as wm
-from attnseg.world.render import CLASSES, render_split
+from attnseg.world.render import render_split
 
-N_IDS = len(CLASSES) + 1  # background 0 + classes
-# The world has no background pixel (stuff covers every pixel), so the study labels every pixel with its best
-# class, as the paper does on its data sets without a background class (COCO-Stuff, Cityscapes, ADE20K):
-# τ = 0. `--tau 0.5` gives the segmentor's default threshold, which can only turn right pixels wrong here.
+# The world has no background pixel (stuff covers every pixel), so it is scored without a background class:
+# every pixel takes its best prompted class, as the paper does on COCO-Stuff, Cityscapes and ADE20K. τ 0 makes
+# a world model's own labels (attnseg segment, the demo) the same argmax; `attnseg world tune` ships it.
 WORLD_TAU = 0.0
 
 
@@ -43,6 +50,13 @@ def ensure_val(folder: Path, n: int, seed: int) -> Path:
     if meta.is_file():
         m = json.loads(meta.read_text())
         if m.get("split") == "val" and m.get("n", 0) >= n and m.get("seed") == seed:
+            classes = json.loads((folder / "classes.json").read_text())
+            if classes.get("background_id", 0) is not None:
+                raise BadDatasetError(
+                    f"{folder} was rendered before the world dropped its background class (classes.json names "
+                    f"background_id {classes.get('background_id', 0)}); render it again into another folder with "
+                    f"`attnseg world render --split val --n {n} --seed {seed} --out DIR` and pass --val DIR"
+                )
             return folder
     return render_split(folder, "val", n=n, seed=seed)
 
@@ -58,96 +72,94 @@ def read_rows(folder: Path, n: int) -> list[dict]:
     return rows[:n]
 
 
+def model_fingerprint(model: Path) -> str:
+    """A short hash of a model's weights and attnseg.json: a re-exported or re-tuned model gets new run folders."""
+    digest = hashlib.sha256()
+    files = sorted(model.glob("*/*.safetensors")) + [model / "attnseg.json"]
+    for f in files:
+        if f.is_file():
+            digest.update(f.relative_to(model).as_posix().encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def evaluate(
-    model: Path, method: str, val: Path, rows: list[dict], timestep: int | None = None, **overrides
+    model: Path,
+    method: str,
+    root: Path,
+    n: int | None,
+    out: Path | None = None,
+    timestep: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict:
-    """mIoU and per-class IoU of one model and method on the val rows (oracle prompt: the classes present)."""
-    from attnseg import Segmentor
+    """One `attnseg eval` run of a model and method on n scenes of a world split (oracle prompts); its scores.
 
-    seg = Segmentor.from_pretrained(str(model), method=method, device="cpu", dtype="float32", **overrides)
-    if timestep is not None:
-        seg.backbone.preset = dataclasses.replace(seg.backbone.preset, timestep=timestep)
-    names = {c.id: c.name for c in CLASSES}
-    conf = np.zeros((N_IDS, N_IDS), np.int64)
-    mass = []
-    t0 = time.perf_counter()
-    from tqdm import tqdm
+    mIoU and IoUs are in %. Without `out` the run folder is temporary.
+    """
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="attnseg-world-eval-") as tmp:
+            return evaluate(model, method, root, n, Path(tmp) / "run", timestep, overrides, progress)
+    from attnseg.eval.datasets import get_dataset
+    from attnseg.eval.runner import EvalConfig, run_eval
 
-    for r in tqdm(rows, desc=f"{model.name} {method}", leave=False):
-        image = Image.open(val / r["image"]).convert("RGB")
-        gt = np.asarray(Image.open(val / r["mask"]))
-        ids = list(r["present"])
-        out = seg.segment(image, [names[i] for i in ids])
-        pred_local = out.labels.numpy()
-        lut = np.array([0] + ids, np.int64)
-        pred = lut[pred_local]
-        add_confusion(conf, gt, pred)
-        diag = out.meta.get("diagnostics") or []
-        if diag and "special_token_mass" in diag[0]:
-            mass.append(float(np.mean([d["special_token_mass"] for d in diag])))
-    seconds = (time.perf_counter() - t0) / max(1, len(rows))
-    per = per_class_iou(conf)
+    overrides = dict(overrides or {})
+    cfg = EvalConfig(
+        dataset="world",
+        root=str(root),
+        out=str(out),
+        model=str(model),
+        method=method,
+        dtype="float32",
+        overrides=tuple(sorted(overrides.items())),
+        timestep=timestep,
+        limit=n,
+        progress=progress,
+        command=("attnseg world", method, str(model)),
+    )
+    metrics = run_eval(cfg)
+    kinds = get_dataset("world", root).class_kinds
+    mat = torch.from_numpy(np.load(out / "confusion.npy"))
+    meta = json.loads((out / "segmentor.json").read_text()).get("meta", {})
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
     return {
         "model": model.name,
         "method": method,
-        "timestep": seg.backbone.preset.timestep,
-        "miou": float(np.mean(list(per.values()))),
-        "per_class_iou": per,
-        "special_token_mass": float(np.mean(mass)) if mass else None,
-        "thing_pixels": thing_pixels(conf),
-        "seconds_per_image": seconds,
-        "n_scenes": len(rows),
+        "timestep": meta.get("timestep"),
+        "miou": pct(metrics["mIoU"]),
+        "per_class_iou": {k: pct(v) for k, v in metrics["per_class_iou"].items()},
+        "kind_iou": {k: pct(v) for k, v in (metrics["kind_iou"] or {}).items()},
+        "pixel_accuracy": pct(metrics["pixel_accuracy"]),
+        "special_token_mass": (metrics["diagnostics"] or {}).get("special_token_mass"),
+        "thing_pixels": thing_pixels(mat, kinds),
+        "seconds_per_image": metrics["counts"]["seconds_per_image"],
+        "n_scenes": metrics["counts"]["images"],
         "overrides": {k: str(v) for k, v in overrides.items()},
-        "tau": seg.config.tau,
+        "tau": metrics["tau"],
+        "run": str(out),
     }
 
 
-def add_confusion(conf: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
-    """Add one scene's (truth, prediction) pairs of world ids to `conf[truth, prediction]`; void (255) left out."""
-    keep = gt != 255
-    pairs = gt[keep].astype(np.int64) * N_IDS + pred[keep].astype(np.int64)
-    conf += np.bincount(pairs, minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
+def thing_pixels(mat: torch.Tensor, kinds: Sequence[str | None]) -> dict:
+    """Where the pixels of things went (the right thing, another thing, stuff, void), and stuff's pixels taken by things.
 
-
-def per_class_iou(conf: np.ndarray) -> dict[str, float]:
-    """IoU % of every class that occurs in the truth of `conf[truth, prediction]`, by class name."""
-    per = {}
-    for c in CLASSES:
-        tp = conf[c.id, c.id]
-        den = conf[c.id, :].sum() + conf[:, c.id].sum() - tp
-        if conf[c.id, :].sum() > 0:
-            per[c.name] = 100 * float(tp / den) if den else 0.0
-    return per
-
-
-def kind_means(per_class: dict[str, float]) -> dict[str, float]:
-    """Mean IoU of the stuff classes and of the thing classes among `per_class` (name → IoU)."""
-    kinds = {c.name: c.kind for c in CLASSES}
-    mean = lambda kind: float(np.mean([v for k, v in per_class.items() if kinds[k] == kind]))  # noqa: E731
-    return {"stuff_iou": mean("stuff"), "things_iou": mean("thing")}
-
-
-def thing_pixels(conf: np.ndarray) -> dict:
-    """Where the pixels of things went (the right thing, another thing, stuff), and stuff's pixels taken by things.
-
-    `conf[truth, prediction]` over world ids; prediction 0 is background (no class cleared τ).
+    `mat[truth, prediction]` is a meter's (C+1)×(C+1) confusion of eval ids, its last column void; `kinds`
+    gives each class's kind ("stuff", "thing").
     """
-    things = [c.id for c in CLASSES if c.kind == "thing"]
-    stuff = [c.id for c in CLASSES if c.kind == "stuff"]
-    total = max(1, int(conf[things].sum()))
-    right = int(sum(conf[t, t] for t in things))
+    c = len(kinds)
+    things = [i for i, k in enumerate(kinds) if k == "thing"]
+    stuff = [i for i, k in enumerate(kinds) if k == "stuff"]
+    m = mat.to(torch.int64)
+    total = max(1, int(m[things].sum()))
+    right = int(sum(m[t, t] for t in things))
+    block = lambda rows, cols: int(m[rows][:, cols].sum())  # noqa: E731
     return {
         "right_thing": right / total,
-        "other_thing": (int(conf[np.ix_(things, things)].sum()) - right) / total,
-        "stuff": int(conf[np.ix_(things, stuff)].sum()) / total,
-        "background": int(conf[things, 0].sum()) / total,
-        "stuff_taken_by_things": int(conf[np.ix_(stuff, things)].sum()) / max(1, int(conf[stuff].sum())),
+        "other_thing": (block(things, things) - right) / total,
+        "stuff": block(things, stuff) / total,
+        "void": int(m[things, c].sum()) / total,
+        "stuff_taken_by_things": block(stuff, things) / max(1, int(m[stuff].sum())),
     }
-
-
-def _mtime(model: Path) -> float:
-    """When the model's UNet weights were written, to tell a re-exported model from the one measured."""
-    return (model / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime
 
 
 def heldout_loss(model: Path) -> float | None:
@@ -158,9 +170,9 @@ def heldout_loss(model: Path) -> float | None:
 
 def table_markdown(results: list[dict]) -> str:
     """The study's table: one row per model and method, then per-class IoU."""
-    taus = sorted({r.get("tau") for r in results}, key=str)
     lines = [
-        f"Prompts name the classes present in each scene (oracle); background threshold τ {', '.join(map(str, taus))}.",
+        "Prompts name the classes present in each scene (oracle); no background class: every pixel takes its best "
+        "prompted class (attnseg eval --dataset world).",
         "",
         "Held-out losses compare only between models with the same latent (each latent has its own VAE).",
         "",
@@ -171,10 +183,10 @@ def table_markdown(results: list[dict]) -> str:
         mass = f"{r['special_token_mass']:.3f}" if r["special_token_mass"] is not None else "–"
         hl = f"{r['heldout_loss']:.4f}" if r.get("heldout_loss") is not None else "–"
         lines.append(
-            f"| {r['model']} | {r.get('latent', 16)}² | {r['method']} | {hl} | {mass} | {r['miou']:.1f} "
+            f"| {r['model']} | {r.get('latent', 16)}² | {r['method']} | {hl} | {mass} | {_pct(r['miou'])} "
             f"| {r['seconds_per_image']:.2f} |"
         )
-    names = [c.name for c in CLASSES]
+    names = list(dict.fromkeys(n for r in results for n in r["per_class_iou"]))
     lines += [
         "",
         "Per-class IoU:",
@@ -183,9 +195,14 @@ def table_markdown(results: list[dict]) -> str:
         "|---|---|" + "---|" * len(names),
     ]
     for r in results:
-        cells = [f"{r['per_class_iou'].get(n, float('nan')):.1f}" for n in names]
+        cells = [_pct(r["per_class_iou"].get(n)) for n in names]
         lines.append(f"| {r['model']} | {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    """A score in % with one decimal, or a dash where it is undefined."""
+    return "–" if v is None else f"{v:.1f}"
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -278,16 +295,18 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the val split's seed")
     p.add_argument("--models", nargs="*", default=None, help="model folders (default: every shipped world-*)")
     p.add_argument("--methods", nargs="*", default=["vanilla", "goca"])
-    p.add_argument("--timestep", type=int, default=None, help="override the backbone's timestep")
     p.add_argument(
-        "--tau",
-        type=float,
-        default=WORLD_TAU,
-        help="background threshold (default 0: every pixel takes its best class; the world has no background)",
+        "--timestep",
+        type=int,
+        default=None,
+        help="read every model at this timestep (default: each model's tuned t)",
     )
     p.add_argument("--no-grid", action="store_true", help="skip the generation grid")
-    p.add_argument("--resume", action="store_true", help="keep results already in --out for unchanged models")
-    p.add_argument("--out", default="attnseg-out/world-scaling")
+    p.add_argument(
+        "--out",
+        default="attnseg-out/world-scaling",
+        help="folder for the table, plots and one eval run folder per model and method (runs/; run again to resume)",
+    )
 
 
 def run_scaling(args: argparse.Namespace) -> int:
@@ -295,45 +314,30 @@ def run_scaling(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     val = ensure_val(Path(args.val), args.n, args.seed)
-    rows = read_rows(val, args.n)
     models = [Path(m) for m in args.models] if args.models else shipped_models()
-    old = (
-        json.loads((out / "results.json").read_text())
-        if args.resume and (out / "results.json").is_file()
-        else []
-    )
     results = []
     for model in models:
         for method in args.methods:
-            done = [
-                r
-                for r in old
-                if (r["model"], r["method"], r["n_scenes"]) == (model.name, method, len(rows))
-                and (args.timestep is None or r["timestep"] == args.timestep)
-                and r.get("model_mtime") == _mtime(model)
-                and r.get("tau") == args.tau
-            ]
-            if done:
-                results.append(done[0])
-                continue
-            r = evaluate(model, method, val, rows, args.timestep, tau=args.tau)
-            r["model_mtime"] = _mtime(model)
+            # One run folder per model version and setting: rerunning the study resumes or re-reads it.
+            tag = f"{model.name}-{method}-{model_fingerprint(model)}"
+            run = out / "runs" / (tag + (f"-t{args.timestep}" if args.timestep is not None else ""))
+            r = evaluate(model, method, val, args.n, run, args.timestep, progress=True)
             r["heldout_loss"] = heldout_loss(model)
             r["latent"] = latent_side(model)
             results.append(r)
             print(
-                f"{model.name} {method}: mIoU {r['miou']:.1f} ({r['seconds_per_image']:.2f} s/image)",
+                f"{model.name} {method}: mIoU {_pct(r['miou'])} ({r['seconds_per_image']:.2f} s/image)",
                 flush=True,
             )
             atomic_write_text(out / "results.json", json.dumps(results, indent=1))
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))  # resumed rows too
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     atomic_write_text(out / "table.md", table_markdown(results))
     plot(results, out / "scaling.png")
     if not args.no_grid and models:
         from attnseg.backbones.loading import default_model_name
 
         target = next((m for m in models if m.name == default_model_name()), models[-1])
-        caps = [r["caption"] for r in rows[:12]]
+        caps = [r["caption"] for r in read_rows(val, 12)]
         generation_grid(target, caps, out / "generated.png")
     print(f"wrote {out}/table.md, results.json, scaling.png" + ("" if args.no_grid else ", generated.png"))
     return 0

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from attnseg.errors import BadConfigError, BadDatasetError
+from attnseg.labelmaps import IGNORE_INDEX
 from attnseg.world import model as wm
 
 N_STUFF = 5  # class ids 1..5 are stuff, above are things (see render.CLASSES)
@@ -275,21 +276,18 @@ def encode_latents(
 def thing_weights(masks_u8: np.ndarray, latent_hw: int) -> torch.Tensor:
     """Share of thing pixels in each latent cell, N×1×h×w."""
     things = torch.from_numpy(masks_u8 > N_STUFF).float()
-    things = things.masked_fill(torch.from_numpy(masks_u8 == 255), 0.0)[:, None]
+    things = things.masked_fill(torch.from_numpy(masks_u8 == IGNORE_INDEX), 0.0)[:, None]
     return F.adaptive_avg_pool2d(things, latent_hw)
 
 
 def list_caption(caption: str, rng: np.random.Generator) -> str:
     """The classes a caption names as a shuffled plain list in the Segmentor's prompt style."""
+    from attnseg.prompts import compose_prompt
     from attnseg.world.render import CLASSES
 
     names = [c.name for c in CLASSES if re.search(rf"\b{c.name}\b", caption)]
     names = [names[i] for i in rng.permutation(len(names))]
-    if len(names) > 1:
-        body = ", ".join(names[:-1]) + " and " + names[-1]
-    else:
-        body = names[0] if names else ""
-    return f"a photo of {body}." if body else ""
+    return compose_prompt(names) if names else ""  # the Segmentor's own composer and default template
 
 
 def strip_colours(caption: str) -> str:

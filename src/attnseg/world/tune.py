@@ -4,7 +4,10 @@ The choice is made on a split that no reported number uses (`--split test`, not 
 small grid, and shipped as data in the model's `attnseg.json`, which the loader reads
 (`backbones.apply_model_defaults`): a per-model timestep and number of propagation steps, as SD's and
 PixArt's presets carry their own, and whether to blur the class maps. The paper's blur (σ 1.1 cells) was set
-for SD's 64² maps; on the world models' 16² maps the same σ covers four times as much of the image.
+for SD's 64² maps; on the world models' 16² maps the same σ covers four times as much of the image. Each
+setting is scored by `attnseg eval` (`run_eval` on the World reader, in a temporary run folder), so the number
+chosen here is the number `attnseg eval --dataset world` reports. τ is not searched: the world has no
+background, so τ 0 (`WORLD_TAU`) is written with the choice.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import tempfile
 from pathlib import Path
 
 from attnseg.backbones.loading import resolve_model
@@ -40,20 +44,22 @@ def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFI
     split = json.loads(meta.read_text()) if meta.is_file() else {}
     if split.get("split") == "val":
         raise BadConfigError(f"{root} is a val split; tune on a split no reported number uses (--split test)")
-    rows = read_rows(root, n)
+    n_scenes = len(read_rows(root, n))
     grid = []
-    for t, k, b in itertools.product(timesteps, refine_steps, blur):
-        r = evaluate(model, "goca", root, rows, timestep=t, refine_steps=k, blur=b, tau=WORLD_TAU)
-        grid.append({"timestep": t, "refine_steps": k, "blur": b, "miou": round(r["miou"], 2)})
-        print(f"t={t} refine_steps={k} blur={b}: mIoU {r['miou']:.1f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="attnseg-tune-") as tmp:
+        for t, k, b in itertools.product(timesteps, refine_steps, blur):
+            run = Path(tmp) / f"t{t}-k{k}-blur{int(b)}"
+            r = evaluate(model, "goca", root, n, run, timestep=t, overrides={"refine_steps": k, "blur": b})
+            grid.append({"timestep": t, "refine_steps": k, "blur": b, "miou": round(r["miou"], 2)})
+            print(f"t={t} refine_steps={k} blur={b}: mIoU {r['miou']:.1f}", flush=True)
     best = max(grid, key=lambda g: g["miou"])
     return {
         "preset": {"timestep": best["timestep"], "refine_steps": best["refine_steps"]},
-        "method": {"blur": best["blur"]},
+        "method": {"blur": best["blur"], "tau": WORLD_TAU},
         "tuned": {
-            "by": f"goca mIoU, oracle class prompts, tau {WORLD_TAU}",
+            "by": "goca mIoU (attnseg eval, oracle class prompts, no background class); tau 0: the world has none",
             "split": split,
-            "n_scenes": len(rows),
+            "n_scenes": n_scenes,
             "grid": grid,
         },
     }
