@@ -32,8 +32,9 @@ def check_template(template: str) -> str:
 def known_words(tokenizer) -> list[str] | None:
     """The words a small word-level tokenizer knows (specials, punctuation, stop words left out); None if large."""
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    if not vocab or len(vocab) > SMALL_VOCABULARY:
-        return None
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if not vocab or len(vocab) > SMALL_VOCABULARY or type(backend).__name__ != "WordLevel":
+        return None  # sub-word pieces (BPE, unigram) are not words a user could name a class with
     special = set(getattr(tokenizer, "all_special_tokens", []) or [])
     return sorted(
         w for w in vocab if w not in special and w.strip(string.punctuation) and w.lower() not in STOP_WORDS
