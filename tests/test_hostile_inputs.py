@@ -3,6 +3,7 @@ and leaves the user's files byte-identical; no command that writes deletes or re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -320,3 +321,60 @@ def test_eval_resumes_its_own_run_folder_only(user_tree, capsys):
     check_output_folder(run_dir, recognise=lambda f: (f / "config.json").is_file(), offer_overwrite=False)
     with pytest.raises(Exception, match="a new or empty folder"):
         check_output_folder(user_tree / "photos", recognise=lambda f: False, offer_overwrite=False)
+
+
+# --------------------------------------------------------------------------- said, not silently done
+
+
+@pytest.mark.parametrize(
+    "word,value", [("no", False), ("off", False), ("0", False), ("YES", True), ("on", True)]
+)
+def test_bool_settings_mean_what_they_say(user_tree, capsys, word, value):
+    rc, _, err = run(SEGMENT + ["--out", "o", "--quiet", "--set", f"reference_channel0={word}"], capsys)
+    assert rc == 0, err
+    result = json.loads((user_tree / "o" / "good" / "result.json").read_text())
+    assert result["settings"]["reference_channel0"] is value
+
+
+def test_what_the_user_should_know_is_said_once(user_tree, capsys):
+    frames = [Image.new("RGBA", (80, 60), (255, 0, 0, 0)), Image.new("RGBA", (80, 60), (0, 255, 0, 255))]
+    frames[0].paste((0, 0, 255, 255), (0, 0, 40, 60))
+    frames[0].save(user_tree / "photos" / "anim.gif", save_all=True, append_images=frames[1:])
+    rc, out, err = run(["segment", "photos/anim.gif", "--classes", "sky", "--out", "o"], capsys)
+    assert rc == 0, err
+    assert "it has 2 frames; the first is segmented" in err
+    assert "transparent" in err
+    assert err.count("small model trained on synthetic scenes") == 1  # an 80×60 picture is not a world scene
+    result = json.loads((user_tree / "o" / "anim" / "result.json").read_text())
+    assert "synthetic scenes" in result["model"]["note"] and len(result["image_notes"]) == 2
+    rc, out, err = run(SEGMENT + ["--out", "o", "--quiet"], capsys)
+    assert rc == 0 and out == "" and err == ""
+
+
+def test_help_shows_defaults_and_models_lists_the_words(capsys):
+    flags = {"--help", "--quiet", "--overwrite", "--allow-pickle", "--plain-things", "--version"}
+    required = {"--classes", "--out"}
+    for args in (["segment", "-h"], ["serve", "-h"], ["demo", "-h"], ["world", "render", "-h"]):
+        rc, out, _ = run(args, capsys)
+        assert rc == 0
+        options = out.split("options:", 1)[1]
+        for block in re.split(r"\n(?=  -)", options):
+            option = re.match(r"\s*(?:-\w, )?(--[a-z-]+)", block)
+            if option and option.group(1) not in flags:
+                assert "default" in block or option.group(1) in required, (args, block)
+                assert len(block.split(None, 2)) > 2, (args, block)  # it has help text
+    rc, out, _ = run(["models"], capsys)
+    assert rc == 0 and "trained on the synthetic world" in out and "circle" in out
+
+
+def test_demo_captions_wrap_instead_of_being_cut():
+    from PIL import ImageFont
+
+    from attnseg.demo.scenes import _wrap
+
+    caption = (
+        "a photo of a big orange heart next to the small blue star and the purple circle on the grass " * 2
+    )
+    lines = _wrap(caption, ImageFont.load_default(), 300)
+    assert " ".join(lines) == " ".join(caption.split())
+    assert all(ImageFont.load_default().getlength(line) <= 300 for line in lines)

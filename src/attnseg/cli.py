@@ -18,10 +18,15 @@ class HelpWithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if action.option_strings and action.default is None and action.nargs != 0 and "default" not in text:
+            return f"{text} (default: none)"
         if (
             not action.option_strings
             or "default" in text
-            or action.default in (None, False, [], argparse.SUPPRESS)
+            or action.default is None
+            or action.default is False  # a flag (0 is a default worth showing, so no `in`)
+            or action.default == []
+            or action.default is argparse.SUPPRESS
         ):
             return text
         return f"{text} (default: %(default)s)"
@@ -116,7 +121,7 @@ def add_loading_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         type=method_setting,
         default=[],
         metavar="KEY=VALUE",
-        help="override a method setting, e.g. blur=off or refine_steps=3 (repeatable; see README)",
+        help="override a method setting, e.g. blur=off or refine_steps=3 (repeatable; default: the method's and the model's own; see README)",
     )
     parser.add_argument(
         "--template",
