@@ -378,3 +378,17 @@ def test_demo_captions_wrap_instead_of_being_cut():
     lines = _wrap(caption, ImageFont.load_default(), 300)
     assert " ".join(lines) == " ".join(caption.split())
     assert all(ImageFont.load_default().getlength(line) <= 300 for line in lines)
+
+
+def test_an_eval_that_failed_before_scoring_does_not_block_the_corrected_rerun(user_tree, capsys):
+    assert run(["world", "render", "--split", "val", "--n", "2", "--out", "W"], capsys)[0] == 0
+    eval_args = ["eval", "--dataset", "world", "--root", "W", "--out", "R", "--limit", "1", "--no-progress"]
+    rc, _, err = run(eval_args + ["--model", "no-such-model"], capsys)
+    assert rc == 2 and "not found" in err
+    rc, out, err = run(eval_args, capsys)  # the corrected command: the empty run gives way
+    assert rc == 0, err
+    assert "mIoU" in out
+    rc, _, err = run(
+        eval_args + ["--method", "vanilla"], capsys
+    )  # a scored run is kept, and says how to restart
+    assert rc == 2 and "holds a run with other settings" in err and "remove R to start it again" in err
