@@ -80,6 +80,12 @@ HOSTILE = [
     (["eval", "--dataset", "world", "--root", "w", "--out", "afile.txt"], r"is an existing file"),
     (["eval", "--dataset", "world", "--root", "w", "--out", "photos"], r"attnseg did not write"),
     (["serve", "--port", "99999"], r"--port 99999 is not a port"),
+    (["serve", "--port", "-1"], r"--port -1 is not a port"),
+    (["world", "train", "--out", "afile.txt"], r"is an existing file"),
+    (["world", "train", "--out", "photos"], r"photos .*attnseg did not write"),
+    (["world", "scaling", "--out", "afile.txt"], r"is an existing file"),
+    (SEGMENT + ["--seed", "99999999999999999999999"], r"--seed: a seed lies in 0–"),
+    (["world", "render", "--seed", "-1", "--out", "w"], r"--seed: a seed lies in 0–"),
     # settings, each read by its type
     (SEGMENT + ["--set", "blur=maybe"], r"blur takes true or false"),
     (SEGMENT + ["--set", "resolution_weights=abc"], r"resolution_weights takes a comma-separated list"),
@@ -250,8 +256,11 @@ def test_segment_removes_what_killed_runs_left_and_nothing_else(user_tree, capsy
     users = out / ".good.backup"
     users.mkdir()
     (users / "labels.png").write_bytes(b"the user's")
-    os.umask(0o022)
-    assert run(SEGMENT + ["--out", "o", "--quiet"], capsys)[0] == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert run(SEGMENT + ["--out", "o", "--quiet"], capsys)[0] == 0
+    finally:
+        os.umask(old_umask)
     assert not dead.exists() and not legacy.exists()
     assert (users / "labels.png").read_bytes() == b"the user's"
     assert stat.S_IMODE((out / "good").stat().st_mode) == 0o755  # the umask's, not mkdtemp's 0700

@@ -131,3 +131,27 @@ def test_page_uses_no_markup_sinks():
 
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
         assert sink not in PAGE
+
+
+def test_bad_request_fields_are_named(server, random_image):
+    buf = io.BytesIO()
+    random_image.save(buf, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    for extra, message in (
+        ({"tau": "abc"}, "τ must be a number"),
+        ({"seed": "1e400"}, "the seed must be a number"),
+        ({"method": "best"}, "unknown method 'best'"),
+        ({"image": "data:image/png;base64,@@@"}, "arrived garbled"),
+    ):
+        status, body = _post(server, {"image": url, "classes": "cat", **extra})
+        assert status == 400 and message in body["error"], body
+    big = io.BytesIO()
+    Image.new("RGB", (5000, 4000)).save(big, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(big.getvalue()).decode()
+    status, body = _post(server, {"image": url, "classes": "cat"})
+    assert status == 400 and "over the limit" in body["error"] and "--max-pixels" not in body["error"]
+    try:
+        urllib.request.urlopen(server + "/api/sample?seed=abc", timeout=10)
+        raise AssertionError("a bad seed was accepted")
+    except urllib.error.HTTPError as err:
+        assert "seed must be a number" in json.loads(err.read())["error"]

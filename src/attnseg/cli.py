@@ -54,6 +54,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, a whole number in [0, 2^63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed lies in 0–{MAX_SEED}, got {value}")
+    return value
+
+
 def setting_pair(text: str) -> tuple[str, object]:
     """One `KEY=VALUE`, the value read as JSON where it parses (numbers, true/false, lists)."""
     key, sep, value = text.partition("=")
@@ -274,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into per-image folders attnseg did not write (only its four files are replaced there)",
     )
-    seg.add_argument("--seed", type=int, default=0, help="seed of the noise added to the image")
+    seg.add_argument("--seed", type=seed_int, default=0, help="seed of the noise added to the image")
     seg.add_argument(
         "--max-pixels", type=positive_int, default=4096 * 4096, help="refuse images with more pixels"
     )

@@ -174,6 +174,8 @@ def _write_demo(out: Path, scenes, results, names, palette, note: str, segmentor
 
 def add_demo_command(subparsers) -> None:
     """Register `attnseg demo`."""
+    from attnseg.cli import seed_int
+
     parser = subparsers.add_parser(
         "demo",
         help="segment sample scenes with the embedded default model",
@@ -187,7 +189,7 @@ def add_demo_command(subparsers) -> None:
         "--overwrite", action="store_true", help="write into a folder attnseg did not write (its files only)"
     )
     parser.add_argument("--n", type=int, default=6, help="number of sample scenes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes and of the noise")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the scenes and of the noise")
     parser.add_argument("--model", default=None, help="as for segment (default: the embedded default)")
     parser.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)"
@@ -196,8 +198,8 @@ def add_demo_command(subparsers) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    torch.set_grad_enabled(False)
-    out = run_demo(Path(args.out), args.n, args.seed, args.model, args.device, args.overwrite)
+    with torch.no_grad():  # not set_grad_enabled(False): the CLI may run in-process, beside training
+        out = run_demo(Path(args.out), args.n, args.seed, args.model, args.device, args.overwrite)
     print(f"wrote {out / 'demo.png'} (input | truth | attnseg per scene) and {out / 'summary.md'}")
     print((out / "summary.md").read_text())
     return 0

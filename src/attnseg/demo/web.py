@@ -43,8 +43,10 @@ def _number(value: object, what: str, kind: type) -> float | int:
     """A number from a request field; BadConfigError names the field."""
     try:
         number = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadConfigError(f"{what} must be a number, got {str(value)[:40]!r}") from None
+    if kind is int and not 0 <= number < 2**63:
+        raise BadConfigError(f"{what} must lie in 0–{2**63 - 1}, got {number}")
     if kind is float and not math.isfinite(number):
         raise BadConfigError(f"{what} must be a finite number, got {value!r}")
     return number
@@ -163,9 +165,13 @@ def make_handler(app_: DemoApp | None):
             elif self.path.startswith("/api/sample"):
                 seed = self.path.partition("seed=")[2] or "0"
                 try:
-                    self._json(HTTPStatus.OK, self.app.sample(int(seed)))
-                except (ValueError, ImportError) as exc:
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": f"no sample scene: {exc}"})
+                    self._json(HTTPStatus.OK, self.app.sample(int(_number(seed, "the sample's seed", int))))
+                except AttnsegError as exc:
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                except ImportError:
+                    self._json(
+                        HTTPStatus.BAD_REQUEST, {"error": "this build has no synthetic world to sample"}
+                    )
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"nothing at {self.path}"})
 

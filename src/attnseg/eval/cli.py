@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from attnseg.cli import add_loading_options, setting_pair
+from attnseg.cli import add_loading_options, seed_int, setting_pair
 from attnseg.errors import AttnsegError
 from attnseg.eval.datasets import DATASETS
 from attnseg.eval.protocols import (
@@ -104,7 +104,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="hand the segmentor display names only, not 'name|synonym|...'",
     )
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="the segmentor's noise seed")
+    g.add_argument("--seed", type=seed_int, default=0, help="the segmentor's noise seed")
     g.add_argument(
         "--limit", type=int, default=None, help="score only N images, spread evenly over the split"
     )

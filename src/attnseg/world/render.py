@@ -554,9 +554,11 @@ def render_split(
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world render` to a parser."""
+    from attnseg.cli import seed_int
+
     p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which split's scenes")
     p.add_argument("--n", type=int, default=500, help="number of scenes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split's scene generator")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the split's scene generator")
     p.add_argument(
         "--size",
         type=int,

@@ -549,12 +549,14 @@ def train(cfg: TrainConfig) -> Trainer:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world train` to a parser."""
+    from attnseg.cli import seed_int
+
     d = TrainConfig()
     p.add_argument("--size", default="s", choices=[k for k in wm.SIZES if not k.startswith("xs")])
     p.add_argument("--steps", type=int, default=None, help="total steps (default: the size's)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_int, default=d.seed)
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--data", default=d.data, help="a train split written by `world render`")
