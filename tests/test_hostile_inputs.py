@@ -63,6 +63,7 @@ HOSTILE = [
     (SEGMENT + ["--out", "afile.txt"], r"afile\.txt is an existing file"),
     (SEGMENT + ["--out", "home_like"], r"home_like/good .*attnseg did not write \(keep\.txt\)"),
     (SEGMENT + ["--out", "afile.txt/sub"], r"inside afile\.txt, which is a file"),
+    (SEGMENT + ["--out", "x" * 300], r"--out has a name of 300 bytes .* allow 255"),
     (["world", "render", "--n", "2", "--out", "photos"], r"photos .*attnseg did not write"),
     (
         ["world", "render", "--n", "2", "--out", "."],
@@ -250,7 +251,7 @@ def test_segment_removes_what_killed_runs_left_and_nothing_else(user_tree, capsy
     dead.mkdir()
     (dead / ".attnseg-stage").write_text("999999999\n")
     (dead / "labels.png").write_bytes(b"half")
-    legacy = out / ".good.k2j4h5g6"  # tempfile.mkdtemp's, from attnseg 0.1
+    legacy = out / ".img13.k2j4h5g6"  # tempfile.mkdtemp's, from attnseg 0.1, of another image
     legacy.mkdir()
     (legacy / "labels.png").write_bytes(b"half")
     users = out / ".good.backup"

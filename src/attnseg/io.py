@@ -193,7 +193,7 @@ def atomic_path(target: str | os.PathLike, durable: bool = False) -> Iterator[Pa
     # Created as open() creates files (mode 0666 less the umask), not mkstemp's private 0600, so that the
     # renamed result reads like any other file the user writes.
     while True:
-        tmp_path = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp{target.suffix}"
+        tmp_path = target.parent / f".{target.name[:96]}.{secrets.token_hex(4)}.tmp{target.suffix[:16]}"
         try:
             os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             break
@@ -236,6 +236,7 @@ def write_json(target: str | os.PathLike, data: object) -> None:
 
 # --------------------------------------------------------------------------- where attnseg may write
 
+NAME_MAX = 255  # bytes in one file or folder name, on every common file system
 MANIFEST = (
     ".attnseg-output.json"  # lists the files attnseg wrote into a folder: the proof it may replace them
 )
@@ -252,6 +253,12 @@ def _describe(path: Path) -> str:
 def check_writable(path: str | os.PathLike, what: str = "--out") -> Path:
     """Check before any work that `path` can be a folder attnseg writes into; BadOutputError if not."""
     path = Path(path).expanduser()
+    too_long = [part for part in path.parts if len(part.encode()) > NAME_MAX]
+    if too_long:
+        raise BadOutputError(
+            f"{what} has a name of {len(too_long[0].encode())} bytes ({too_long[0][:24]}…); file systems allow "
+            f"{NAME_MAX}: choose a shorter one"
+        )
     if path.exists() and not path.is_dir():
         raise BadOutputError(f"{what} {path} is an existing file, not a folder; name a folder to write into")
     existing = path
@@ -348,24 +355,28 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_stages(folder: Path) -> list[Path]:
-    """Remove staging folders of `folder` that an interrupted attnseg left (their process is gone)."""
+    """Remove staging folders beside `folder` that an interrupted attnseg left (their process is gone).
+
+    A stage is recognised by the mark attnseg writes into it first; the private folders of attnseg 0.1
+    (`.name.xxxxxxxx`, tempfile.mkdtemp's) by holding nothing but a segmentation's files. Nothing else is touched.
+    """
     removed = []
-    parent, name = folder.parent, folder.name
+    parent = folder.parent
     if not parent.is_dir():
         return removed
-    legacy = re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}$")  # tempfile.mkdtemp's, from attnseg 0.1
+    legacy = re.compile(r"^\..+\.[a-z0-9_]{8}$")
     segment_files = {"labels.png", "overlay.png", "scores.npz", "result.json"}
     for entry in parent.iterdir():
-        if not entry.is_dir() or not entry.name.startswith(f".{name}."):
+        if not entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
             continue
         mark = entry / _STAGE_MARK
-        if entry.name.startswith(f".{name}{_STAGE_INFIX}") and mark.is_file():
+        if _STAGE_INFIX in entry.name and mark.is_file():
             try:
                 pid = int(mark.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 continue
-            if _pid_alive(pid) and pid != os.getpid():
-                continue
+            if pid == os.getpid() or _pid_alive(pid):
+                continue  # a run still writing (this one, or another)
         elif not (legacy.match(entry.name) and {p.name for p in entry.iterdir()} <= segment_files):
             continue
         shutil.rmtree(entry, ignore_errors=True)
@@ -377,7 +388,8 @@ def _make_stage(folder: Path) -> Path:
     """A new staging folder beside `folder`, created with the user's umask (not mkdtemp's 0700)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        stage = folder.parent / f".{folder.name}{_STAGE_INFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        # The target's name is cut so that the stage's stays within the 255 bytes file systems allow.
+        stage = folder.parent / f".{folder.name[:96]}{_STAGE_INFIX}{os.getpid()}-{secrets.token_hex(3)}"
         try:
             stage.mkdir()
             break
@@ -456,7 +468,10 @@ def output_folder(
     else:
         check_writable(folder, what)
     remove_stale_stages(folder)
-    stage = _make_stage(folder)
+    try:
+        stage = _make_stage(folder)
+    except OSError as exc:
+        raise BadOutputError(f"could not write beside {folder}: {exc.strerror or exc}") from None
     try:
         yield stage
         if not replace:
