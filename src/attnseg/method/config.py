@@ -107,7 +107,11 @@ def parse_setting(name: str, text: str) -> object:
     Booleans take true/false, yes/no, on/off, 1/0; a tuple of floats takes `0.3,0.5` or `[0.3, 0.5]`;
     an optional int takes `none`. The value is then checked as MethodConfig checks it.
     """
-    types = {f.name: str(f.type) for f in fields(MethodConfig)}
+    # Annotations are strings here (postponed evaluation); a type object is read by its name all the same.
+    types = {
+        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        for f in fields(MethodConfig)
+    }
     if name not in types:
         raise BadConfigError(f"unknown method setting {name!r}; known: {', '.join(sorted(types))}")
     kind, raw = types[name], text.strip()
