@@ -30,6 +30,7 @@ def test_api_segment_sd(sd_segmentor, random_image, tmp_path):
     assert result.meta["seed"] == 3 and result.meta["model"]["family"] == "sd"
     folder = result.save(tmp_path / "img")
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".attnseg-output.json",  # the manifest: what attnseg wrote, so a rerun may replace it
         "labels.png",
         "overlay.png",
         "result.json",

@@ -7,6 +7,8 @@ from attnseg.errors import (
     BadConfigError,
     BadDatasetError,
     BadImageError,
+    BadOutputError,
+    UnknownWordError,
 )
 
 __version__ = "0.1.0"
@@ -18,6 +20,8 @@ __all__ = [
     "BadConfigError",
     "BadDatasetError",
     "BadImageError",
+    "BadOutputError",
+    "UnknownWordError",
     "Segmentation",
     "Segmentor",
     "trace",

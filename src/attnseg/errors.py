@@ -23,3 +23,11 @@ class BadDatasetError(AttnsegError):
 
 class BadConfigError(AttnsegError):
     """A method or CLI setting is out of range or names an unknown option."""
+
+
+class BadOutputError(AttnsegError):
+    """An output path is a file, cannot be written, or holds files attnseg did not write."""
+
+
+class UnknownWordError(BadClassesError):
+    """A class name uses a word the model's tokenizer cannot represent."""

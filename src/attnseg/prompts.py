@@ -6,7 +6,7 @@ import re
 import string
 from dataclasses import dataclass
 
-from attnseg.errors import BadClassesError
+from attnseg.errors import BadClassesError, BadConfigError, UnknownWordError
 from attnseg.method.pipeline import TokenLayout
 
 STOP_WORDS = frozenset(
@@ -14,6 +14,40 @@ STOP_WORDS = frozenset(
     "next near beside between its it is are this that these those some".split()
 )
 DEFAULT_TEMPLATE = "a photo of {}."
+# A tokenizer with fewer words than this is listed whole when it does not know a word (the embedded models').
+SMALL_VOCABULARY = 500
+
+
+def check_template(template: str) -> str:
+    """The template, if it has exactly one {} where the class names go; BadConfigError if not."""
+    if not isinstance(template, str) or template.count("{}") != 1:
+        count = template.count("{}") if isinstance(template, str) else 0
+        raise BadConfigError(
+            f"prompt template {template!r} has {count} '{{}}'; it needs exactly one, where the class names go "
+            "(e.g. 'a photo of {}.')"
+        )
+    return template
+
+
+def known_words(tokenizer) -> list[str] | None:
+    """The words a small word-level tokenizer knows (specials, punctuation, stop words left out); None if large."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if not vocab or len(vocab) > SMALL_VOCABULARY or type(backend).__name__ != "WordLevel":
+        return None  # sub-word pieces (BPE, unigram) are not words a user could name a class with
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    return sorted(
+        w for w in vocab if w not in special and w.strip(string.punctuation) and w.lower() not in STOP_WORDS
+    )
+
+
+def embedded_vocabulary(name: str) -> list[str]:
+    """The words an embedded model's tokenizer knows."""
+    from transformers import PreTrainedTokenizerFast
+
+    from attnseg.backbones.loading import ASSETS
+
+    return known_words(PreTrainedTokenizerFast.from_pretrained(ASSETS / name / "tokenizer")) or []
 
 
 @dataclass(frozen=True)
@@ -98,8 +132,7 @@ class PromptBuilder:
     def __init__(
         self, tokenizer, max_tokens: int, template: str = DEFAULT_TEMPLATE, position_offset: int = 0
     ) -> None:
-        if "{}" not in template:
-            raise BadClassesError(f"prompt template {template!r} has no '{{}}' where the class names go")
+        check_template(template)
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.template = template
@@ -108,9 +141,13 @@ class PromptBuilder:
         # A lone '▁' piece: T5 tokenizers give it the offsets of the next character, so text alone misses it.
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         self.boundary_ids = {vocab["▁"]} if "▁" in vocab else set()
+        self.unk_id = getattr(tokenizer, "unk_token_id", None)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+        # verbose=False: a long prompt is measured here on purpose; the tokenizer's own warning is noise.
+        enc = self.tokenizer(
+            text, add_special_tokens=True, return_offsets_mapping=True, truncation=False, verbose=False
+        )
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def _entity_tokens(self, ids, offsets, text: str, span: tuple[int, int], entity: str) -> list[int]:
@@ -140,6 +177,7 @@ class PromptBuilder:
             groups = []
             for syn in spec.synonyms:
                 positions = self._entity_tokens(ids, offsets, text, spans[cursor], syn)
+                self._check_known(ids, offsets, spans[cursor], syn)
                 cursor += 1
                 if not positions:
                     raise BadClassesError(
@@ -152,9 +190,51 @@ class PromptBuilder:
             class_tokens.append(groups)
         n_classes = len(indices)
         content = sorted({p for groups in class_tokens for g in groups for p in g})
+        if len(class_tokens) == 1:
+            # A lone entity divided by its own tokens is 1 everywhere (per-pixel rescaling then says nothing):
+            # score it against the prompt's other words ("photo" in "a photo of wall."), the rest of what
+            # the text says, so that a single class gets a map of where it is.
+            others = self._word_tokens(ids, offsets, text, exclude=set(content), offset=self.position_offset)
+            content = sorted(set(content) | set(others))
         special = [p + self.position_offset for p, t in enumerate(ids) if t in self.special_ids]
         layout = TokenLayout(class_tokens[:n_classes], class_tokens[n_classes:], content, special)
         return PromptPlan(text, list(indices), layout, token_spans, len(ids) + self.position_offset), len(ids)
+
+    def _word_tokens(self, ids, offsets, text: str, exclude: set[int], offset: int) -> list[int]:
+        """Positions (shifted by offset) of the prompt's content-word tokens that are not in `exclude`."""
+        words = _content_words(text, 0)
+        out = []
+        for position, (token_id, (s, e)) in enumerate(zip(ids, offsets)):
+            if token_id in self.special_ids or token_id in self.boundary_ids or e <= s:
+                continue
+            if not text[s:e].strip(" ▁" + string.punctuation) or position + offset in exclude:
+                continue
+            if any(s < we and e > ws for ws, we in words):
+                out.append(position + offset)
+        return out
+
+    def _check_known(self, ids, offsets, span: tuple[int, int], entity: str) -> None:
+        """Raise UnknownWordError when a word of the entity tokenises to the unknown token."""
+        if self.unk_id is None:
+            return
+        unknown = [
+            entity[max(0, s - span[0]) : e - span[0]]
+            for token_id, (s, e) in zip(ids, offsets)
+            if token_id == self.unk_id and s < span[1] and e > span[0]
+        ]
+        if not unknown:
+            return
+        words = known_words(self.tokenizer)
+        known = (
+            f"it knows {len(words)} words: {', '.join(words)}"
+            if words
+            else "its tokenizer maps it to the unknown token"
+        )
+        raise UnknownWordError(
+            f"this model does not know the word(s) {', '.join(repr(_short(w)) for w in unknown)} in class "
+            f"{_short(entity)!r}; "
+            f"{known}. Name the class with words it knows, or pass --model with a model that knows it"
+        )
 
     def locate(self, text: str, specs: list[ClassSpec]) -> PromptPlan:
         """Token columns of classes named inside a given prompt (for a pipeline the user runs)."""
@@ -202,9 +282,12 @@ class PromptBuilder:
                 current = trial
                 continue
             if not current:
+                name = specs[index].name
+                shown = _short(name)
+                with_bg = " with the background words" if background else ""
                 raise BadClassesError(
-                    f"class {specs[index].name!r} with the background words does not fit the text encoder's "
-                    f"{self.max_tokens} tokens; shorten it or drop background words"
+                    f"class {shown!r}{with_bg} takes {length} tokens, more than the text encoder's "
+                    f"{self.max_tokens}; shorten it" + (" or drop background words" if background else "")
                 )
             plans.append(self._plan(specs, current, background)[0])
             current = [index]
@@ -225,3 +308,8 @@ def _with_rest_column(plan: PromptPlan, keep: int) -> PromptPlan:
         plan.token_spans,
         plan.n_tokens,
     )
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """A user's text cut to fit in one message line."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

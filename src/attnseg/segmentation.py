@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from attnseg.io import write_json
+from attnseg.io import output_folder, write_json
 
 BACKGROUND_COLOUR = (0, 0, 0)
 
@@ -77,12 +75,14 @@ class Segmentation:
             ],
         )
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write labels.png, overlay.png, scores.npz and result.json into `directory`, all or nothing."""
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write labels.png, overlay.png, scores.npz and result.json into `directory`, all or nothing.
+
+        An existing `directory` is replaced only when attnseg wrote it (io.output_folder); with overwrite,
+        these four files are written into any folder and everything else there is kept.
+        """
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with output_folder(target, overwrite, recognise=is_segmentation_folder) as staging:
             self.label_image().save(staging / "labels.png")
             self.overlay().save(staging / "overlay.png")
             np.savez_compressed(
@@ -91,13 +91,18 @@ class Segmentation:
                 classes=np.array(self.classes),
             )
             write_json(staging / "result.json", {"classes": self.classes, "tau": self.tau, **self.meta})
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
         return target
+
+
+SEGMENTATION_FILES = ("labels.png", "overlay.png", "scores.npz", "result.json")
+
+
+def is_segmentation_folder(folder: Path) -> bool:
+    """A folder an attnseg from before output manifests wrote: exactly the four files of one result."""
+    names = {p.name for p in folder.iterdir()}
+    if names != set(SEGMENTATION_FILES) or not (folder / "result.json").is_file():
+        return False
+    return '"classes"' in (folder / "result.json").read_text(errors="replace")[:200]
 
 
 def _with_legend(picture: Image.Image, entries: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:

@@ -16,12 +16,14 @@ from PIL import Image
 
 from attnseg.backbones import Backbone, load_backbone
 from attnseg.errors import BadClassesError, BadConfigError
-from attnseg.io import DEFAULT_MAX_PIXELS, load_image, prepare_image
+from attnseg.io import DEFAULT_MAX_PIXELS, check_memory, load_image, prepare_image
 from attnseg.method.config import MethodConfig, method_config, model_method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import run_method
 from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
 from attnseg.segmentation import Segmentation
+
+WORLD_IMAGE_SIZE = 64  # the embedded world models' scenes (docs/WORLD.md)
 
 DTYPES = {
     "float32": torch.float32,
@@ -48,7 +50,25 @@ def parse_device(device: str | torch.device | None) -> torch.device:
     """A torch device; None picks CUDA when present. Asking for CUDA without it is an error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BadConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    if device.type not in ("cpu", "cuda"):
+        raise BadConfigError(
+            f"--device {str(device)!r} cannot run attnseg here; use cpu"
+            + (", cuda or cuda:N" if torch.cuda.is_available() else " (this machine has no CUDA GPU)")
+        )
+    if (
+        device.type == "cuda"
+        and torch.cuda.is_available()
+        and (device.index or 0) >= torch.cuda.device_count()
+    ):
+        raise BadConfigError(
+            f"--device {device} names a GPU this machine lacks (it has {torch.cuda.device_count()})"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadConfigError(
             "--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu"
@@ -145,6 +165,20 @@ class Segmentor:
         clone.method, clone.config = method, config
         return clone
 
+    def model_note(self, images: list[Image.Image] | None = None) -> str | None:
+        """What to know about an embedded world model, or None for other models; with images, only when one
+        of them is not a world scene (another size than the world's)."""
+        model_id = self.backbone.info().get("model_id", "")
+        if not model_id.startswith("attnseg:"):
+            return None
+        if images is not None and all(im.size == (WORLD_IMAGE_SIZE, WORLD_IMAGE_SIZE) for im in images):
+            return None
+        return (
+            f"{model_id.removeprefix('attnseg:')} (the default) is a small model trained on synthetic scenes "
+            f"({WORLD_IMAGE_SIZE}×{WORLD_IMAGE_SIZE}, 13 classes: see `attnseg models`); on photos its masks "
+            "mean little: pass --model with a Stable Diffusion folder for real images"
+        )
+
     # -- inputs -----------------------------------------------------------------------------------------
     def _images(self, images) -> tuple[list[Image.Image], list[str], bool]:
         single = not isinstance(images, (list, tuple))
@@ -168,9 +202,8 @@ class Segmentor:
         return pixels.to(self.backbone.device)
 
     # -- the work ---------------------------------------------------------------------------------------
-    def segment(self, images, classes: list[str] | str, seed: int = 0, progress=None):
-        """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
-        pictures, names, single = self._images(images)
+    def plan(self, classes: list[str] | str):
+        """The class specs and the prompts that name them; raises on a class list this model cannot take."""
         specs = parse_classes(classes)
         overlap = {s.lower() for c in specs for s in c.synonyms} & {
             s.lower() for b in self.background for s in b.synonyms
@@ -179,7 +212,13 @@ class Segmentor:
             raise BadClassesError(
                 f"{', '.join(sorted(overlap))} named both as a class and as a background word"
             )
-        plans = self.builder.build(specs, self.background)
+        return specs, self.builder.build(specs, self.background)
+
+    def segment(self, images, classes: list[str] | str, seed: int = 0, progress=None):
+        """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
+        pictures, names, single = self._images(images)
+        specs, plans = self.plan(classes)
+        check_memory([(n, im.width, im.height) for n, im in zip(names, pictures)], len(specs))
         keep = max(plan.n_tokens for plan in plans)
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
@@ -240,7 +279,8 @@ class Segmentor:
                 "image_size": [picture.width, picture.height],
                 "method": self.method,
                 "settings": self.config.to_dict(),
-                "model": {**self.backbone.info(), "hash": self.model_hash},
+                "model": {**self.backbone.info(), "hash": self.model_hash}
+                | ({"note": self.model_note()} if self.model_note() else {}),
                 "native_size": self.backbone.preset.native_size,
                 "timestep": self.backbone.preset.timestep,
                 "sigma": self.backbone.preset.sigma,

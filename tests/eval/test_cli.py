@@ -335,7 +335,7 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
         "--dtype",
         "float32",
         "--set",
-        "timestep=300",
+        "refine_steps=3",
         "--timestep",
         "200",
         "--template",
@@ -379,7 +379,7 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
     # Every field but the command line is a flag, and the argv above moves each one off its default.
     unchanged = [f.name for f in fields(EvalConfig) if getattr(config, f.name) == getattr(defaults, f.name)]
     assert unchanged == ["dataset", "root", "out"]
-    assert config.overrides == (("timestep", 300),) and config.segmentor_args == (("k", 2),)
+    assert config.overrides == (("refine_steps", 3),) and config.segmentor_args == (("k", 2),)
     assert config.timestep == 200
     assert config.tau_grid == (0.3, 0.5) and config.synonyms is False and config.progress is False
     assert config.command == ("attnseg", "eval")

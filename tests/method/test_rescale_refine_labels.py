@@ -65,3 +65,24 @@ def test_labels_background_words_raise_the_background():
     assert assign_labels(scores, 0.5).tolist() == [[1, 0]]
     bg = torch.tensor([[[0.9, 0.0]]])
     assert assign_labels(scores, 0.5, bg).tolist() == [[0, 0]]
+
+
+def test_a_lone_class_with_no_other_word_keeps_its_token_map():
+    # X / Z with Z = X is 1 everywhere, and min-max would turn it into 0 ("background only").
+    attn = torch.zeros(1, 3, 4, 4)
+    attn[:, 1, :2] = 0.8  # the class's token lights the top half
+    attn[:, 1, 2:] = 0.1
+    attn[:, 0] = 0.5  # start token
+    maps = rescale_scores(attn, [[[1]]], [1], per_pixel=True, blur=False)
+    assert torch.allclose(maps[0, 0, :2], torch.ones(2, 4)) and torch.allclose(
+        maps[0, 0, 2:], torch.zeros(2, 4)
+    )
+
+
+def test_a_lone_class_is_scored_against_the_prompts_other_words():
+    # Columns: 1 = the class, 2 = "photo". Per pixel, the class's share of the two.
+    attn = torch.zeros(1, 3, 2, 2)
+    attn[:, 1] = torch.tensor([[0.6, 0.6], [0.2, 0.2]])
+    attn[:, 2] = torch.tensor([[0.2, 0.2], [0.6, 0.6]])
+    maps = rescale_scores(attn, [[[1]]], [1, 2], per_pixel=True, blur=False)
+    assert maps[0, 0].tolist() == [[1.0, 1.0], [0.0, 0.0]]

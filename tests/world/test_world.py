@@ -12,7 +12,7 @@ from PIL import Image
 
 from attnseg.world import model as wm
 from attnseg.world import render
-from attnseg.world.train import TrainConfig, Trainer, render_in_memory
+from attnseg.world.train import TrainConfig, Trainer, render_in_memory, train_vae
 
 
 def test_render_is_deterministic_for_a_seed():
@@ -133,6 +133,7 @@ def _trainer(tmp, world, steps, size="xs", **settings):
         threads=1,
         **settings,
     )
+    train_vae(cfg, world[0])  # the explicit first stage: a Trainer trains no VAE itself
     return Trainer(cfg, data=world[0], val=world[1])
 
 
@@ -367,6 +368,9 @@ def test_mask_pads_hides_the_pads_from_the_denoiser(tmp_path, tiny_world, mask_p
     noise, t = torch.randn(x0.shape, generator=g), torch.tensor([300, 600])
     with torch.no_grad():
         before = tr.loss_on(x0, ids, t, noise, None)
-        tr.text.embeddings.position_embedding.weight[first_pad:] += 3.0  # only pads sit there
+        # A random vector per pad position, not a constant: the encoder's LayerNorm subtracts a constant
+        # added to every channel, which would leave the pads' outputs (and the loss) as they were.
+        weight = tr.text.embeddings.position_embedding.weight
+        weight[first_pad:] += torch.randn(weight[first_pad:].shape, generator=g)  # only pads sit there
         after = tr.loss_on(x0, ids, t, noise, None)
     assert torch.equal(before, after) == mask_pads

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from attnseg.errors import BadConfigError
 from attnseg.eval.metrics import ConfusionMeter
-from attnseg.io import atomic_path
+from attnseg.io import check_output_folder, output_folder
 from attnseg.labelmaps import IGNORE_INDEX
 
 SCALE = 4
@@ -32,16 +33,33 @@ def _coloured(labels: np.ndarray, palette: list[tuple[int, int, int]]) -> np.nda
     return np.array(palette, dtype=np.uint8)[np.clip(labels, 0, len(palette) - 1)]
 
 
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Lines of `text` that each fit `width` pixels in `font`, broken between words."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def _panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str, palette) -> Image.Image:
-    """Input | ground truth | prediction, enlarged, with a title line."""
+    """Input | ground truth | prediction, enlarged, under the title wrapped to the panel's width."""
     tiles = [image, _coloured(truth, palette), _coloured(pred, palette)]
     h, w = image.shape[:2]
-    canvas = Image.new("RGB", (3 * w * SCALE + 8, h * SCALE + 16), (255, 255, 255))
+    font = ImageFont.load_default()
+    width = 3 * w * SCALE + 8
+    lines = _wrap(title, font, width - 4)
+    top = 14 * len(lines) + 2
+    canvas = Image.new("RGB", (width, h * SCALE + top), (255, 255, 255))
     for i, tile in enumerate(tiles):
         canvas.paste(
-            Image.fromarray(tile).resize((w * SCALE, h * SCALE), Image.NEAREST), (i * (w * SCALE + 4), 16)
+            Image.fromarray(tile).resize((w * SCALE, h * SCALE), Image.NEAREST), (i * (w * SCALE + 4), top)
         )
-    ImageDraw.Draw(canvas).text((2, 2), title[:90], fill=(0, 0, 0), font=ImageFont.load_default())
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((2, 2 + 14 * k), line, fill=(0, 0, 0), font=font)
     return canvas
 
 
@@ -58,11 +76,23 @@ def _legend(names: list[str], palette, width: int) -> Image.Image:
     return canvas
 
 
-def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None) -> Path:
+def is_demo_folder(folder: Path) -> bool:
+    """A folder an attnseg from before output manifests wrote with `attnseg demo`."""
+    return (folder / "summary.md").is_file() and (folder / "demo.png").is_file()
+
+
+def run_demo(
+    out: Path, n: int, seed: int, model: str | None, device: str | None, overwrite: bool = False
+) -> Path:
     """Render n test scenes, segment each into the classes its caption names; write panels, a grid, summary.md."""
     from attnseg.backbones.loading import default_model_name
-    from attnseg.segmentor import Segmentor
+    from attnseg.segmentor import Segmentor, parse_device
     from attnseg.world.render import CLASSES, render_scenes
+
+    if n < 1:
+        raise BadConfigError(f"--n must be at least 1 scene, got {n}")
+    check_output_folder(out, overwrite, is_demo_folder)  # before the model loads
+    parse_device(device)
 
     note = ""
     if model is None and default_model_name() is None:
@@ -85,11 +115,17 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
         segmentor.segment(image, [names[c - 1] for c in scene.named], seed=seed)
         for image, (_, scene) in zip(images, scenes)
     ]
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(out, overwrite, is_demo_folder) as stage:
+        _write_demo(stage, scenes, results, names, palette, note, segmentor, seed)
+    return out
+
+
+def _write_demo(out: Path, scenes, results, names, palette, note: str, segmentor, seed: int) -> None:
+    """Panels, the grid and summary.md of the demo, into `out`."""
     panels, lines = [], []
     # Scored as `attnseg eval --dataset world` scores: eval id = world id - 1 (the world has no background),
     # a pixel below τ is void and counts as a miss.
-    n_classes = len(CLASSES)
+    n_classes = len(names)
     total = ConfusionMeter(n_classes)
     for (index, scene), result in zip(scenes, results):
         pred = np.array([0, *scene.named])[result.labels.numpy()]  # label k → the k-th named class's id
@@ -108,8 +144,7 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
             f"{100 * scores.pixel_accuracy:.1f} | {100 * scores.miou:.1f} |"
         )
         panel = _panel(scene.image, scene.mask, pred, f"#{index}: {scene.caption}", palette)
-        with atomic_path(out / f"scene_{index:02d}.png") as tmp:
-            panel.save(tmp, format="PNG")
+        panel.save(out / f"scene_{index:02d}.png", format="PNG")
         panels.append(panel)
     grid_w = panels[0].width
     legend = _legend(["background", *names], palette, grid_w)
@@ -119,8 +154,7 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
         grid.paste(panel, (0, y))
         y += panel.height
     grid.paste(legend, (0, y))
-    with atomic_path(out / "demo.png") as tmp:
-        grid.save(tmp, format="PNG")
+    grid.save(out / "demo.png", format="PNG")
     meta = results[0].meta
     summary = [
         "# attnseg demo",
@@ -140,25 +174,37 @@ def run_demo(out: Path, n: int, seed: int, model: str | None, device: str | None
         "(over the classes in the truth or the labels of these scenes, as `attnseg eval` counts them)",
         "",
     ]
-    with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text("\n".join(summary))
-    return out
+    (out / "summary.md").write_text("\n".join(summary))
 
 
 def add_demo_command(subparsers) -> None:
     """Register `attnseg demo`."""
-    parser = subparsers.add_parser("demo", help="segment sample scenes with the embedded default model")
-    parser.add_argument("--out", default="attnseg-demo", help="output folder")
+    from attnseg.cli import seed_int
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="segment sample scenes with the embedded default model",
+        description="Render sample scenes of the synthetic world, segment each into the classes its caption "
+        "names, and write demo.png (input | truth | attnseg) and summary.md.",
+    )
+    parser.add_argument(
+        "--out", default="attnseg-demo", help="output folder (replaced only if attnseg wrote it)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a folder attnseg did not write (its files only)"
+    )
     parser.add_argument("--n", type=int, default=6, help="number of sample scenes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the scenes and of the noise")
+    parser.add_argument("--model", default=None, help="as for segment (default: the embedded default)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)"
+    )
     parser.set_defaults(func=lambda a: _cmd(a))
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    torch.set_grad_enabled(False)
-    out = run_demo(Path(args.out), args.n, args.seed, args.model, args.device)
+    with torch.no_grad():  # not set_grad_enabled(False): the CLI may run in-process, beside training
+        out = run_demo(Path(args.out), args.n, args.seed, args.model, args.device, args.overwrite)
     print(f"wrote {out / 'demo.png'} (input | truth | attnseg per scene) and {out / 'summary.md'}")
     print((out / "summary.md").read_text())
     return 0

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from attnseg.cli import add_loading_options, setting_pair
+from attnseg.cli import add_loading_options, seed_int, setting_pair
 from attnseg.errors import AttnsegError
 from attnseg.eval.datasets import DATASETS
 from attnseg.eval.protocols import (
@@ -110,7 +110,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         help="hand the segmentor display names only, not 'name|synonym|...'",
     )
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="the segmentor's noise seed")
+    g.add_argument("--seed", type=seed_int, default=0, help="the segmentor's noise seed")
     g.add_argument(
         "--limit", type=int, default=None, help="score only N images, spread evenly over the split"
     )
@@ -135,7 +135,10 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str] | None = None
 def run_eval_command(args: argparse.Namespace) -> int:
     """`attnseg eval`: evaluate (or resume), then print the headline numbers."""
     from attnseg.eval.runner import run_eval
+    from attnseg.io import check_output_folder
 
+    # A run folder is resumed where it holds a run (config.json); a folder of anything else is refused.
+    check_output_folder(args.out, recognise=lambda f: (f / "config.json").is_file(), offer_overwrite=False)
     m = run_eval(config_from_args(args, getattr(args, "argv", None)))
     if m["counts"]["processes"] > 1 and _rank() != 0:
         return 0
@@ -161,13 +164,20 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `attnseg report`."""
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished eval run folders")
     p.add_argument("--out", default=".", help="folder for report.md and report.png (default: here)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a report.md or report.png that attnseg did not write",
+    )
 
 
 def run_report_command(args: argparse.Namespace) -> int:
     """`attnseg report`: print the Markdown table and write it with per-class bars."""
     from attnseg.eval.report import write_report
+    from attnseg.io import check_output_files
 
-    md, md_path, png_path = write_report(args.runs, args.out)
+    check_output_files(args.out, ["report.md", "report.png"], args.overwrite)
+    md, md_path, png_path = write_report(args.runs, args.out, args.overwrite)
     print(md, end="")
     print(f"\nwrote {md_path} and {png_path}")
     return 0

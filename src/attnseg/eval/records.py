@@ -11,42 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from attnseg.errors import BadConfigError
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file whole or not at all: temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file (UTF-8) atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write a JSON file atomically, indented, with a trailing newline."""
-    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in a folder durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from attnseg.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 — their home is io
 
 
 @dataclass(frozen=True)

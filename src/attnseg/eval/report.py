@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from attnseg.errors import BadConfigError
 from attnseg.eval.datasets import DATASETS
-from attnseg.eval.records import atomic_write_bytes, atomic_write_text
+from attnseg.io import output_folder
 
 DATASET_ORDER = list(DATASETS)
 # Data sets without a background (argmax, "none") share the row of their fixed-τ siblings, as in papers.
@@ -169,17 +168,16 @@ def bars(runs: Sequence[dict[str, Any]]) -> Image.Image:
     return out
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[str, Path, Path]:
+def write_report(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+) -> tuple[str, Path, Path]:
     """Build the table and the bars for run folders; write report.md and report.png atomically."""
     if not run_dirs:
         raise BadConfigError("attnseg report needs at least one run folder")
     runs = [load_run(d) for d in run_dirs]
     md = table(runs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, png_path = out / "report.md", out / "report.png"
-    atomic_write_text(md_path, md)
-    buf = io.BytesIO()
-    bars(runs).save(buf, format="PNG")
-    atomic_write_bytes(png_path, buf.getvalue())
-    return md, md_path, png_path
+    with output_folder(out, overwrite, replace=False) as stage:  # beside what is there; never over the user's
+        (stage / "report.md").write_text(md)
+        bars(runs).save(stage / "report.png", format="PNG")
+    return md, out / "report.md", out / "report.png"

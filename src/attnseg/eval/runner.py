@@ -353,10 +353,19 @@ def _prepare_folder(out: Path, cfg: EvalConfig, d: _Dist) -> None:
         except (ValueError, KeyError):
             raise BadConfigError(f"{path} is not an attnseg eval config; give this run a new --out") from None
         diff = sorted(k for k in set(saved) | set(ident) if saved.get(k) != ident.get(k))
+        scored = any(f.stat().st_size for f in (out / "records").glob("*.jsonl"))
+        if diff and not scored:
+            # A run that stopped before scoring one image (a bad --model, say) holds nothing to keep: its
+            # settings give way to the corrected command's instead of blocking it.
+            atomic_write_json(
+                path, {"format": FORMAT, "identity": ident, "settings": json.loads(json.dumps(asdict(cfg)))}
+            )
+            diff = []
         if diff:
             said = ", ".join(f"{k}={saved.get(k)!r} (now {ident.get(k)!r})" for k in diff)
             raise BadConfigError(
-                f"{out} holds a run with other settings: {said}. Resume with the same settings, or give a new --out"
+                f"{out} holds a run with other settings: {said}. Resume with the same settings, give a new "
+                f"--out, or remove {out} to start it again"
             )
     else:
         atomic_write_json(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from attnseg.errors import BadConfigError
@@ -134,3 +135,57 @@ def model_method_config(
     fixed = PRESET_FIXED.get(name, frozenset())
     settings = {key: value for key, value in model_defaults.items() if key not in fixed}
     return method_config(name, **(settings | overrides))
+
+
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_setting(name: str, text: str) -> object:
+    """A method setting from its command-line text, read by the field's type and checked; BadConfigError if not.
+
+    Booleans take true/false, yes/no, on/off, 1/0; a tuple of floats takes `0.3,0.5` or `[0.3, 0.5]`;
+    an optional int takes `none`. The value is then checked as MethodConfig checks it.
+    """
+    # Annotations are strings here (postponed evaluation); a type object is read by its name all the same.
+    types = {
+        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        for f in fields(MethodConfig)
+    }
+    if name not in types:
+        raise BadConfigError(f"unknown method setting {name!r}; known: {', '.join(sorted(types))}")
+    kind, raw = types[name], text.strip()
+    word = raw.lower()
+    allowed = {
+        "bool": f"true or false ({'/'.join(_TRUE_WORDS)} or {'/'.join(_FALSE_WORDS)})",
+        "tuple[float, ...]": "a comma-separated list of non-negative numbers, not all 0 (e.g. 0.3,0.5,0.1,0.1)",
+        "int": "a whole number",
+        "int | None": "a whole number, or none (the family's default)",
+        "float": "a finite number",
+    }
+    try:
+        if kind == "bool":
+            if word not in _TRUE_WORDS + _FALSE_WORDS:
+                raise ValueError
+            value: object = word in _TRUE_WORDS
+        elif kind.startswith("tuple"):
+            value = tuple(float(p) for p in raw.strip("[]() ").split(",") if p.strip())
+            if not value or any(not math.isfinite(v) or v < 0 for v in value) or sum(value) <= 0:
+                raise ValueError
+        elif kind == "int | None" and word in ("none", "null"):
+            value = None
+        elif kind.startswith("int"):
+            value = int(raw)
+        elif kind == "float":
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = raw
+    except ValueError:
+        raise BadConfigError(f"{name}={text!r}: {name} takes {allowed.get(kind, kind)}") from None
+    try:
+        replace(MethodConfig(), **{name: value})  # the field's own checks (choices, ranges), named
+    except BadConfigError as exc:
+        raise BadConfigError(f"{name}={text!r}: {exc}") from None
+    return value

@@ -54,6 +54,11 @@ def rescale_scores(
 ) -> torch.Tensor:
     """Token maps → class maps in [0, 1]: Y_c = X_c / Z (if per_pixel), blur, min-max. B×K×h×w."""
     maps = class_maps(attn_bnhw, class_tokens)
+    own = {c for synonyms in class_tokens[:1] for cols in synonyms for c in cols}
+    if len(class_tokens) == 1 and set(content_tokens) <= own:
+        # A lone class with no other word to compete with: X / Z is 1 everywhere and min-max would turn it
+        # into 0, so its map is the plain token map (the vanilla score) instead.
+        per_pixel = False
     if per_pixel:
         maps = maps / content_sum(attn_bnhw, content_tokens).clamp_min(1e-12)
     if blur:

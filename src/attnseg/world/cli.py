@@ -16,6 +16,32 @@ WORLD_COMMANDS = (
 )
 
 
+def run_train(args: argparse.Namespace) -> int:
+    """Run `world train` from parsed arguments (VAE, then the denoiser), then export the model.
+
+    It lives here, not in train.py, because it uses both train and export: export builds on train, and
+    train knows nothing of export.
+    """
+    import json
+
+    from attnseg.world.export import export_from_trainer
+    from attnseg.world.train import config_from_args, train, train_vae
+
+    cfg = config_from_args(args)
+    if args.vae_only:
+        print(f"VAE in {train_vae(cfg)}")
+        return 0
+    tr = train(cfg)
+    print(json.dumps(tr.history[-1]))
+    if not args.no_export:
+        folder = export_from_trainer(tr, args.export_to)
+        print(f"exported {folder}")
+    return 0
+
+
+RUNNERS = {"train": run_train}  # commands whose runner is not the module's own run_<name>
+
+
 def add_world_commands(subparsers) -> argparse.ArgumentParser:
     """Register `world render|train|export|scaling|tune` on an argparse subparsers object; return the world parser."""
     world = subparsers.add_parser("world", help="the synthetic scene world and its embedded models")
@@ -24,7 +50,7 @@ def add_world_commands(subparsers) -> argparse.ArgumentParser:
         module = importlib.import_module(f"attnseg.world.{name}")
         p = sub.add_parser(name, help=help_text)
         getattr(module, f"add_{name}_arguments")(p)
-        p.set_defaults(func=getattr(module, f"run_{name}"))
+        p.set_defaults(func=RUNNERS.get(name) or getattr(module, f"run_{name}"))
     return world
 
 

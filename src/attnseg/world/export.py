@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from attnseg.errors import BadCheckpointError
+from attnseg.io import atomic_write_text, output_folder
 from attnseg.world import model as wm
 from attnseg.world.train import TrainConfig, model_shape
 
@@ -27,29 +28,32 @@ MODEL_INDEX = {
 }
 
 
-def write_folder(folder: Path, unet, text_encoder, tokenizer, vae_dir: Path, info: dict) -> Path:
+def write_folder(
+    folder: Path, unet, text_encoder, tokenizer, vae_dir: Path, info: dict, overwrite: bool = False
+) -> Path:
     """Write unet/, text_encoder/, tokenizer/, vae/, scheduler/, model_index.json and world.json atomically."""
     import diffusers
-
-    from attnseg.world.train import _atomic_dir, _commit_dir
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     from diffusers import AutoencoderKL
 
-    stage = _atomic_dir(folder)
-    # UNet and VAE weights are stored in float16 to keep all shipped sizes within 40 MB; diffusers loads them
-    # as float32 unless asked otherwise. The text encoder stays float32 (transformers would keep float16).
-    copy.deepcopy(unet).half().save_pretrained(stage / "unet", safe_serialization=True)
-    text_encoder.float().save_pretrained(stage / "text_encoder", safe_serialization=True)
-    tokenizer.save_pretrained(stage / "tokenizer")
-    AutoencoderKL.from_pretrained(vae_dir).half().save_pretrained(stage / "vae", safe_serialization=True)
-    wm.build_scheduler().save_pretrained(stage / "scheduler")
-    index = {"_diffusers_version": diffusers.__version__, **MODEL_INDEX}
-    (stage / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (stage / "world.json").write_text(json.dumps(info, indent=1) + "\n")
-    _commit_dir(stage, folder)
+    folder = Path(folder)
+    with output_folder(folder, overwrite, recognise=is_model_folder) as stage:
+        # UNet and VAE weights are stored in float16 to keep all shipped sizes within 40 MB; diffusers loads
+        # them as float32 unless asked otherwise. The text encoder stays float32 (transformers would keep
+        # float16).
+        copy.deepcopy(unet).half().save_pretrained(stage / "unet", safe_serialization=True)
+        text_encoder.float().save_pretrained(stage / "text_encoder", safe_serialization=True)
+        tokenizer.save_pretrained(stage / "tokenizer")
+        AutoencoderKL.from_pretrained(vae_dir).half().save_pretrained(stage / "vae", safe_serialization=True)
+        wm.build_scheduler().save_pretrained(stage / "scheduler")
+        index = {"_diffusers_version": diffusers.__version__, **MODEL_INDEX}
+        (stage / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (stage / "world.json").write_text(json.dumps(info, indent=1) + "\n")
     return folder
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A model folder `world export` wrote (before output manifests): model_index.json and world.json."""
+    return (folder / "model_index.json").is_file() and (folder / "world.json").is_file()
 
 
 def export_from_trainer(trainer, models_dir: str | Path | None = None, name: str | None = None) -> Path:
@@ -129,17 +133,19 @@ def set_default(name: str, models_dir: str | Path | None = None) -> Path:
             f"{models_dir / name} is not an exported model; export it before making it the default"
         )
     f = models_dir / "DEFAULT"
-    tmp = f.with_name("DEFAULT.tmp")
-    tmp.write_text(name + "\n")
-    tmp.replace(f)
+    atomic_write_text(f, name + "\n")
     return f
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world export` to a parser."""
-    p.add_argument("--size", default="s")
-    p.add_argument("--out", default="world-train")
-    p.add_argument("--models-dir", default=None)
+    p.add_argument("--size", default="s", choices=sorted(wm.SIZES), help="which size's checkpoint to export")
+    p.add_argument("--out", default="world-train", help="the training folder of `world train`")
+    p.add_argument(
+        "--models-dir",
+        default=None,
+        help="models folder to export into (default: the package's embedded models)",
+    )
     p.add_argument("--default", action="store_true", help="also make it the default model")
 
 

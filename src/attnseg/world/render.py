@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from attnseg.errors import BadConfigError
+from attnseg.io import check_output_folder, output_folder
 from attnseg.labelmaps import IGNORE_INDEX
 
 BACKGROUND_ID = 0
@@ -484,6 +483,22 @@ def palette() -> list[int]:
     return pal
 
 
+MIN_SIZE, MAX_SIZE = 16, 1024  # below, shapes are a few pixels; above, one scene's 4× supersampling is ~GBs
+
+
+def is_render_folder(folder: Path) -> bool:
+    """A split an attnseg from before output manifests rendered (render.json and index.jsonl)."""
+    return (folder / "render.json").is_file() and (folder / "index.jsonl").is_file()
+
+
+def check_render(n: int, size: int) -> None:
+    """Refuse a scene count or size that cannot be rendered, before any work."""
+    if n <= 0:
+        raise BadConfigError(f"--n must be at least 1, got {n}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise BadConfigError(f"--size must lie in {MIN_SIZE}–{MAX_SIZE} pixels, got {size}")
+
+
 def render_split(
     out: str | Path,
     split: str = "val",
@@ -492,58 +507,73 @@ def render_split(
     size: int = 64,
     progress: bool = True,
     patterns: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Render n scenes of a split into out (images/, masks/, index.jsonl, classes.json); return out."""
-    if n <= 0:
-        raise BadConfigError(f"--n must be positive, got {n}")
-    out = Path(out)
-    stage = out.with_name(out.name + ".partial")
-    if stage.exists():
-        shutil.rmtree(stage)
-    (stage / "images").mkdir(parents=True)
-    (stage / "masks").mkdir()
-    pal = palette()
-    lines = []
-    it = render_scenes(split, n, seed, size, patterns)
-    if progress:
-        from tqdm import tqdm
+    """Render n scenes of a split into out (images/, masks/, index.jsonl, classes.json); return out.
 
-        it = tqdm(it, total=n, desc=f"render {split}")
-    for i, scene in it:
-        sid = f"{i:06d}"
-        Image.fromarray(scene.image).save(stage / "images" / f"{sid}.png")
-        m = Image.fromarray(scene.mask).convert("P")  # L→P keeps index = value; the palette is set next
-        m.putpalette(pal)
-        m.save(stage / "masks" / f"{sid}.png")
-        lines.append(
-            json.dumps(
-                {
-                    "id": sid,
-                    "image": f"images/{sid}.png",
-                    "mask": f"masks/{sid}.png",
-                    "caption": scene.caption,
-                    "present": scene.present,
-                }
+    An existing `out` is replaced only if attnseg rendered it (io.output_folder); with overwrite, the split's
+    files are written into any folder and nothing else there is touched.
+    """
+    check_render(n, size)
+    out = Path(out)
+    check_output_folder(out, overwrite, is_render_folder)
+    with output_folder(out, overwrite, is_render_folder) as stage:
+        (stage / "images").mkdir()
+        (stage / "masks").mkdir()
+        pal = palette()
+        lines = []
+        it = render_scenes(split, n, seed, size, patterns)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=n, desc=f"render {split}")
+        for i, scene in it:
+            sid = f"{i:06d}"
+            Image.fromarray(scene.image).save(stage / "images" / f"{sid}.png")
+            m = Image.fromarray(scene.mask).convert("P")  # L→P keeps index = value; the palette is set next
+            m.putpalette(pal)
+            m.save(stage / "masks" / f"{sid}.png")
+            lines.append(
+                json.dumps(
+                    {
+                        "id": sid,
+                        "image": f"images/{sid}.png",
+                        "mask": f"masks/{sid}.png",
+                        "caption": scene.caption,
+                        "present": scene.present,
+                    }
+                )
             )
+        (stage / "index.jsonl").write_text("\n".join(lines) + "\n")
+        (stage / "classes.json").write_text(json.dumps(classes_json(), indent=1) + "\n")
+        (stage / "render.json").write_text(
+            json.dumps({"split": split, "n": n, "seed": seed, "size": size, "thing_patterns": patterns})
+            + "\n"
         )
-    (stage / "index.jsonl").write_text("\n".join(lines) + "\n")
-    (stage / "classes.json").write_text(json.dumps(classes_json(), indent=1) + "\n")
-    (stage / "render.json").write_text(
-        json.dumps({"split": split, "n": n, "seed": seed, "size": size, "thing_patterns": patterns}) + "\n"
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(stage, out)
     return out
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world render` to a parser."""
-    p.add_argument("--split", choices=["train", "val", "test"], default="val")
+    from attnseg.cli import seed_int
+
+    p.add_argument("--split", choices=["train", "val", "test"], default="val", help="which split's scenes")
     p.add_argument("--n", type=int, default=500, help="number of scenes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (>= 64 recommended)")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the split's scene generator")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help=f"image side in pixels, {MIN_SIZE}–{MAX_SIZE} (the models see 64)",
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder; replaced only if attnseg rendered it (else refused)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write the split into a folder attnseg did not write (files with the split's names are replaced)",
+    )
     p.add_argument(
         "--plain-things",
         action="store_true",
@@ -553,6 +583,14 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_render(args: argparse.Namespace) -> int:
     """Run `world render` from parsed arguments."""
-    out = render_split(args.out, args.split, args.n, args.seed, args.size, patterns=not args.plain_things)
+    out = render_split(
+        args.out,
+        args.split,
+        args.n,
+        args.seed,
+        args.size,
+        patterns=not args.plain_things,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.n} {args.split} scenes to {out}")
     return 0

@@ -20,8 +20,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from attnseg.errors import BadDatasetError
-from attnseg.eval.records import atomic_write_text
-from attnseg.io import atomic_path
+from attnseg.io import MANIFEST, atomic_path, atomic_write_text, claim_folder
 from attnseg.world import model as wm
 from attnseg.world.render import render_split
 
@@ -311,8 +310,7 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_scaling(args: argparse.Namespace) -> int:
     """Run `world scaling` from parsed arguments: table.md, results.json, scaling.png, generated.png."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(args.out, lambda f: (f / "results.json").is_file() or (f / MANIFEST).is_file())
     val = ensure_val(Path(args.val), args.n, args.seed)
     models = [Path(m) for m in args.models] if args.models else shipped_models()
     results = []

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -18,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from attnseg.errors import BadConfigError, BadDatasetError
+from attnseg.errors import BadCheckpointError, BadConfigError, BadDatasetError
+from attnseg.io import claim_folder, output_folder
 from attnseg.labelmaps import IGNORE_INDEX
 from attnseg.world import model as wm
 
@@ -176,25 +175,19 @@ def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
     opt.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
 
 
-def _atomic_dir(final: Path) -> Path:
-    """A fresh staging folder beside final; rename it over final when complete."""
-    stage = final.with_name(final.name + ".partial")
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
-    return stage
+def is_checkpoint_folder(folder: Path) -> bool:
+    """A checkpoint an attnseg from before output manifests wrote."""
+    return (folder / "state.json").is_file()
 
 
-def _commit_dir(stage: Path, final: Path) -> None:
-    """Replace final with stage as atomically as folders allow."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(stage, final)
-    if old.exists():
-        shutil.rmtree(old)
+def is_vae_folder(folder: Path) -> bool:
+    """A VAE an attnseg from before output manifests trained."""
+    return (folder / "train.json").is_file() and (folder / "config.json").is_file()
+
+
+def is_training_folder(folder: Path) -> bool:
+    """A training folder `world train` wrote: VAE folders and per-size checkpoint folders."""
+    return any(is_vae_folder(p) or is_checkpoint_folder(p / "ckpt") for p in folder.iterdir() if p.is_dir())
 
 
 # --------------------------------------------------------------------------- VAE
@@ -206,6 +199,7 @@ def train_vae(cfg: TrainConfig, data: WorldData | None = None) -> Path:
     final = wm.vae_folder(cfg.out, latent)
     if (final / "config.json").is_file():
         return final
+    claim_folder(cfg.out, is_training_folder)
     torch.set_num_threads(cfg.threads)
     data = data if data is not None else load_split(cfg.data)
     vae = wm.build_vae(cfg.seed, latent).to(cfg.device)
@@ -247,12 +241,11 @@ def train_vae(cfg: TrainConfig, data: WorldData | None = None) -> Path:
         std = float(z.std())
         psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, x)))
     vae.register_to_config(scaling_factor=1.0 / std)
-    stage = _atomic_dir(final)
-    vae.save_pretrained(stage, safe_serialization=True)
-    (stage / "train.json").write_text(
-        json.dumps({"config": asdict(cfg), "latent_std": std, "psnr_db": psnr}, indent=1)
-    )
-    _commit_dir(stage, final)
+    with output_folder(final, recognise=is_vae_folder) as stage:
+        vae.save_pretrained(stage, safe_serialization=True)
+        (stage / "train.json").write_text(
+            json.dumps({"config": asdict(cfg), "latent_std": std, "psnr_db": psnr}, indent=1)
+        )
     return final
 
 
@@ -313,7 +306,10 @@ class Trainer:
     """Joint training of the UNet and text encoder of one size, with EMA, checkpoints and held-out loss."""
 
     def __init__(self, cfg: TrainConfig, data: WorldData | None = None, val: WorldData | None = None):
-        """Build models, load data, encode latents, and resume from the last checkpoint if there is one."""
+        """Build models, load data, encode latents with the trained VAE, and resume from the last checkpoint.
+
+        The VAE is trained before, by train_vae (`train` does both): building a Trainer trains nothing.
+        """
         size = model_shape(cfg)
         cfg = replace(
             cfg,
@@ -327,9 +323,13 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         self.dir = Path(cfg.out) / cfg.size
         self.ckpt = self.dir / "ckpt"
+        vae_dir = wm.vae_folder(cfg.out, size.latent)
+        if not (vae_dir / "config.json").is_file():
+            raise BadCheckpointError(
+                f"no VAE in {vae_dir}: train it first (train_vae, or attnseg world train --vae-only --out {cfg.out})"
+            )
         data = data if data is not None else load_split(cfg.data)
         val = val if val is not None else load_split(cfg.val, limit=cfg.heldout_n)
-        vae_dir = train_vae(cfg, data)
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir).to(cfg.device).eval()
@@ -370,19 +370,18 @@ class Trainer:
 
     def _save(self) -> None:
         """Write the checkpoint of the current step (models, EMA, optimizer, history) atomically."""
-        stage = _atomic_dir(self.ckpt)
-        _save_tensors(self._named(), stage / "model.safetensors")
-        _save_tensors(self.ema, stage / "ema.safetensors")
-        opt_t, opt_rest = _flatten_optimizer(self.opt)
-        _save_tensors(opt_t, stage / "optimizer.safetensors")
-        state = {
-            "step": self.step,
-            "config": asdict(self.cfg),
-            "optimizer": opt_rest,
-            "history": self.history,
-        }
-        (stage / "state.json").write_text(json.dumps(state, indent=1))
-        _commit_dir(stage, self.ckpt)
+        with output_folder(self.ckpt, recognise=is_checkpoint_folder) as stage:
+            _save_tensors(self._named(), stage / "model.safetensors")
+            _save_tensors(self.ema, stage / "ema.safetensors")
+            opt_t, opt_rest = _flatten_optimizer(self.opt)
+            _save_tensors(opt_t, stage / "optimizer.safetensors")
+            state = {
+                "step": self.step,
+                "config": asdict(self.cfg),
+                "optimizer": opt_rest,
+                "history": self.history,
+            }
+            (stage / "state.json").write_text(json.dumps(state, indent=1))
 
     def _load(self) -> None:
         """Resume from the checkpoint folder."""
@@ -537,20 +536,25 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> Trainer:
-    """Train (or resume) one size and return the trainer holding the final weights."""
-    tr = Trainer(cfg)
+    """Train (or resume) one size, its VAE first if the training folder has none; return the trainer."""
+    claim_folder(cfg.out, is_training_folder)
+    data = load_split(cfg.data)
+    train_vae(cfg, data)
+    tr = Trainer(cfg, data=data)
     tr.run()
     return tr
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Add the options of `world train` to a parser."""
+    from attnseg.cli import seed_int
+
     d = TrainConfig()
     p.add_argument("--size", default="s", choices=[k for k in wm.SIZES if not k.startswith("xs")])
     p.add_argument("--steps", type=int, default=None, help="total steps (default: the size's)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_int, default=d.seed)
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--data", default=d.data, help="a train split written by `world render`")
@@ -587,9 +591,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-to", default=None, help="models folder to export into (default: the package's)")
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Run `world train` from parsed arguments, then export the model."""
-    cfg = TrainConfig(
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed `world train` arguments."""
+    return TrainConfig(
         size=args.size,
         steps=args.steps,
         batch=args.batch,
@@ -608,14 +612,3 @@ def run_train(args: argparse.Namespace) -> int:
         cross_attention_gain=args.cross_attention_gain,
         mask_pads=args.mask_pads,
     )
-    if args.vae_only:
-        print(f"VAE in {train_vae(cfg)}")
-        return 0
-    tr = train(cfg)
-    print(json.dumps(tr.history[-1]))
-    if not args.no_export:
-        from attnseg.world.export import export_from_trainer
-
-        folder = export_from_trainer(tr, args.export_to)
-        print(f"exported {folder}")
-    return 0
