@@ -387,12 +387,12 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
 
 def test_report_gives_every_run_its_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """issue 12: two runs of one method on one data set were one row (the last won) while report.png had both."""
-    L.build("voc21", tmp_path / "v", n=3)
-    L.build("ade20k", tmp_path / "a", n=3)
+    L.build("voc21", tmp_path / "voc", n=3)
+    L.build("ade20k", tmp_path / "ade", n=3)
     runs = {}
-    for name, root, noise in [("a", "v", "0"), ("b", "v", "0.4"), ("c", "a", "0")]:
+    for name, root, noise in [("a", "voc", "0"), ("b", "voc", "0.4"), ("c", "ade", "0")]:
         out = tmp_path / name
-        dataset = "voc21" if root == "v" else "ade20k"
+        dataset = "voc21" if root == "voc" else "ade20k"
         args = [
             "eval",
             "--dataset",
