@@ -53,7 +53,7 @@ def _oracle_mious(n: int = 24) -> dict[str, float]:
     from attnseg import Segmentor
     from attnseg.prompts import PromptBuilder
 
-    seg = Segmentor.from_pretrained(None, method="goca", device="cpu", dtype="float32")
+    seg = Segmentor.from_pretrained(None, method="goca", device="cpu", dtype="float32", presence="off")
     names = {c.id: c.name for c in CLASSES}
     scenes = [scene for _, scene in render_scenes("test", n, seed=0)]
     g = torch.Generator().manual_seed(0)

@@ -64,7 +64,10 @@ def evaluate(
     """mIoU and per-class IoU of one model and method on the val rows (oracle prompt: the classes present)."""
     from attnseg import Segmentor
 
-    seg = Segmentor.from_pretrained(str(model), method=method, device="cpu", dtype="float32", **overrides)
+    # Oracle prompts name only the classes present, so the presence step has nothing to decide.
+    seg = Segmentor.from_pretrained(
+        str(model), method=method, device="cpu", dtype="float32", presence="off", **overrides
+    )
     if timestep is not None:
         seg.backbone.preset = dataclasses.replace(seg.backbone.preset, timestep=timestep)
     names = {c.id: c.name for c in CLASSES}
