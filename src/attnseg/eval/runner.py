@@ -35,6 +35,7 @@ import torch
 from attnseg.errors import AttnsegError, BadConfigError, BadDatasetError
 from attnseg.eval import metrics as M
 from attnseg.eval.datasets import Sample, SegDataset, get_dataset
+from attnseg.eval.presence import PresenceCounts, presence_mode, presence_record
 from attnseg.eval.protocols import DEFAULT_CLASSES_PER_PROMPT, DEFAULT_TAU_GRID, Protocol, best_class, predict
 from attnseg.eval.records import RecordLog, atomic_write_bytes, atomic_write_json, iter_logs, read_records
 
@@ -76,6 +77,7 @@ class EvalConfig:
     batch_size: int = 1
     segmentor: str | None = None  # MODULE:CALLABLE returning a segmentor, instead of attnseg.Segmentor
     segmentor_args: tuple[tuple[str, Any], ...] = ()
+    presence: str | None = None  # on | off; None: on for the open protocol, off for oracle tags
     progress: bool = True
     command: tuple[str, ...] = ()
 
@@ -285,6 +287,7 @@ def make_segmentor(cfg: EvalConfig) -> Any:
         dtype=cfg.dtype,
         batch_size=cfg.batch_size,
         allow_pickle=cfg.allow_pickle,
+        presence=presence_mode(cfg.presence, cfg.protocol),
         **extra,
     )
 
@@ -570,6 +573,7 @@ class Runner:
         ids = batch[0][3]
         images = [b[1] for b in batch]
         per_image: list[list[torch.Tensor]] = [[] for _ in batch]
+        found: list[dict[str, Any]] = [{} for _ in batch]
         own_tau: float | None = None
         if ids:
             seg = self.seg.get()
@@ -590,6 +594,7 @@ class Runner:
                             f"{w}×{h} image; Segmentation.scores must be K×H×W at the image size"
                         )
                     per_image[j].append(sc.float())
+                    found[j] = presence_record(getattr(r, "meta", None), chunk, found[j])
                     if getattr(r, "tau", None) is not None:
                         own_tau = float(r.tau)
                 if self.seg_meta is None:
@@ -600,7 +605,7 @@ class Runner:
         for j, (s, _img, gt, _ids) in enumerate(batch):
             if s.id in recs:  # recorded by an earlier launch; its block was run again only for its neighbours
                 continue
-            rec = self._record(ph, s, gt, per_image[j], ids, own_tau, sec)
+            rec = self._record(ph, s, gt, per_image[j], ids, own_tau, sec) | found[j]
             log.append(rec)
             recs[s.id] = rec
             bar.update(1)
@@ -674,9 +679,11 @@ class Runner:
         grid = torch.zeros(g if ph.want_grid else 0, n, n, dtype=torch.int64)
         taus: set[float] = set()
         sec = 0.0
+        presence = PresenceCounts.zeros(n)
         err: BaseException | None = None
         try:
             for rec in recs:
+                presence.add(rec, n)
                 if "conf" in rec:
                     conf += M.dense(rec["conf"], n)
                 if ph.want_grid:
@@ -693,6 +700,7 @@ class Runner:
             err = e
         d.agree(err)
         conf, grid = d.all_reduce(conf), d.all_reduce(grid)
+        presence = presence.all_reduce(d.all_reduce)
         parts = d.gather({"images": len(recs), "taus": sorted(taus), "sec": sec})
         all_taus = sorted({t for p in parts for t in p["taus"]})
         if len(all_taus) > 1:
@@ -711,7 +719,14 @@ class Runner:
                     f"records in {self.out} were scored with τ {all_taus}, not {ph.tau}; use a new --out"
                 )
             tau = ph.tau
-        return {"conf": conf, "grid": grid, "tau": tau, "images": images, "sec": sum(p["sec"] for p in parts)}
+        return {
+            "conf": conf,
+            "grid": grid,
+            "tau": tau,
+            "images": images,
+            "sec": sum(p["sec"] for p in parts),
+            "presence": presence,
+        }
 
     def _choose_tau(
         self, dataset: SegDataset, grid: torch.Tensor, mode: str, on: SegDataset, images: int
@@ -767,7 +782,8 @@ class Runner:
             "pixel_accuracy": sc["pixel_accuracy"],
             "mean_accuracy": sc["mean_accuracy"],
             "per_class_iou": dict(zip(ds.class_names, sc["iou"])),
-            "protocol": self.protocol.describe(ds, tau),
+            "protocol": agg["presence"].describe_protocol(self.protocol.describe(ds, tau)),
+            "presence": agg["presence"].summary(ds.class_names, range(ds.num_classes)),
             "tau": tau,
             "tau_search": tau_info,
             "counts": {
