@@ -84,3 +84,36 @@ def test_default_model_clears_a_floor_that_broken_methods_miss():
     assert scores["goca"] >= FLOOR, scores
     for broken in ("random", "wrong order", "shifted spans"):
         assert scores["goca"] >= scores[broken] + 3, (broken, scores)
+
+
+def _open_label_sets(n: int, threshold: float | None = None) -> list[tuple[set[int], set[int]]]:
+    """For n test scenes segmented with all 13 classes named: (classes labelled, classes present) per scene."""
+    from attnseg import Segmentor
+
+    extra = {} if threshold is None else {"presence_threshold": threshold}
+    seg = Segmentor.from_pretrained(None, method="goca", device="cpu", dtype="float32", **extra)
+    names = [c.name for c in CLASSES]
+    out = []
+    for _, scene in render_scenes("test", n, seed=0):
+        labels = seg.segment(Image.fromarray(scene.image), names).labels
+        out.append(({CLASSES[k - 1].id for k in labels.unique().tolist() if k > 0}, set(scene.present)))
+    return out
+
+
+def _agreement(sets: list[tuple[set[int], set[int]]]) -> tuple[int, float]:
+    """Scenes whose labelled classes are all present, and the mean Jaccard of labelled and present sets."""
+    clean = sum(labelled <= present for labelled, present in sets)
+    jaccard = float(np.mean([len(a & b) / len(a | b) for a, b in sets]))
+    return clean, jaccard
+
+
+def test_open_vocabulary_labels_only_the_classes_a_scene_has():
+    """All 13 classes named: the presence step must keep the absent ones out of most scenes and keep most of
+    the present ones. Without it (threshold -inf: every class kept) no scene is clean; a step that keeps only
+    its best class is clean everywhere but finds a third of what is there. Measured on 2 CPU cores: 4 of 6
+    scenes clean, Jaccard 0.67 (the misses are thin things: the crescent moon, a star, a triangle)."""
+    sets = _open_label_sets(6)
+    clean, jaccard = _agreement(sets)
+    assert clean >= 4 and jaccard >= 0.5, (clean, jaccard, sets)
+    none_dropped = _agreement(_open_label_sets(2, threshold=-1e9))
+    assert none_dropped[0] == 0 and none_dropped[1] < 0.5, none_dropped
