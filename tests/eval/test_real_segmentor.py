@@ -62,6 +62,15 @@ def test_open_protocol_runs_the_presence_step_and_says_so(tmp_path: Path, tiny_s
     assert off["protocol"]["presence"] == "off" and off["presence"] is None
     oracle = run_eval(EvalConfig(out=str(tmp_path / "oracle"), **(base | {"protocol": "oracle-tags"})))
     assert oracle["presence"] is None  # oracle tags: every named class is present already
+    from attnseg.eval.report import write_report
+
+    md, _, _ = write_report([tmp_path / "oracle", tmp_path / "on", tmp_path / "off"], tmp_path / "rep")
+    assert (
+        "| open + presence, τ fixed |" in md
+        and "| open, τ fixed |" in md
+        and "| oracle-tags, τ fixed |" in md
+    )
+    assert "Presence decisions" in md and "| **all** |" in md
 
 
 def _gt_ids(root: Path) -> list[list[int]]:
