@@ -86,3 +86,13 @@ def test_trace_tests_presence_on_the_generated_image(tiny_sd):
         if not found["classes"][name]["present"]:
             assert not (seg.labels == k + 1).any()
     assert tr.segment(prompt, ["cat"]).meta["presence"]["skipped"]  # no image: nothing to test on
+
+
+def test_second_round_tests_against_the_kept_set(tiny_sd, random_image):
+    seg = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_rounds=2)
+    names = ["cat", "grass", "wall"]
+    result = seg.segment(random_image, names)
+    found = result.meta["presence"]
+    assert found["first_round_found"] is not None and found["found"]
+    # First round: 3 classes + the full prompt; second: the kept set's prompt + one per class; 5 levels each.
+    assert result.meta["forwards"]["presence_rows"] == (4 + 4) * 5

@@ -27,15 +27,21 @@ class PresenceConfig:
     # Noise levels of the test, t of 1000 (flow-matching models: σ = t / 1000). Each adds K + P forward rows
     # (K classes, P prompts); several levels average out the noise draw, which dominates a single test.
     timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)
-    threshold: float = 0.02  # a class is present when its relative error rise reaches this
+    threshold: float = 0.01  # a class is present when its relative error rise reaches this (tune split)
     # Bound on the test's forward rows per image: levels are dropped (keeping at least one) beyond it.
     max_rows: int = 80
+    # 2: test again against a prompt naming the classes kept by the first test (the prompts the model knows:
+    # a class list of what is there): a kept class must still lower the error when left out of it, a dropped
+    # one may come back if adding it lowers the error. Only when the kept set plus one class fits one prompt.
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in PRESENCE_MODES:
             raise BadConfigError(f"presence={self.mode!r} is not one of {', '.join(PRESENCE_MODES)}")
         if not self.timesteps or any(not 0 < t < 1000 for t in self.timesteps):
             raise BadConfigError(f"presence timesteps must lie in (0, 1000), got {self.timesteps}")
+        if self.rounds not in (1, 2):
+            raise BadConfigError(f"presence rounds must be 1 or 2, got {self.rounds}")
         if self.max_rows < 1:
             raise BadConfigError(f"presence max_rows must be >= 1, got {self.max_rows}")
 
@@ -85,11 +91,25 @@ def leave_one_out_scores(
     any size: the rise is averaged under each class's own map, so a small present thing is not drowned by the
     rest of the image. Averaged over the T levels.
     """
-    k, t, h, w = err_left_out_kthw.shape
+    return naming_gain(err_left_out_kthw, err_full_thw[None], maps_khw, err_full_thw)
+
+
+def naming_gain(
+    err_without_kthw: torch.Tensor,
+    err_with_kthw: torch.Tensor,
+    maps_khw: torch.Tensor,
+    base_thw: torch.Tensor,
+) -> torch.Tensor:
+    """Per class (K): how much naming it lowers the error under its map, relative to base_thw's mean error.
+
+    err_without / err_with: K×T×h×w (or 1×T×h×w, broadcast), the error with the class's name left out and
+    named; base_thw: the error of the prompt the test is relative to (T×h×w). Averaged over the T levels.
+    """
+    t, h, w = err_without_kthw.shape[1:]
     weights = F.interpolate(maps_khw[None].float(), size=(h, w), mode="area")[0].clamp_min(0)
     weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # K×h×w, each sums to 1
-    scale = err_full_thw.float().mean(dim=(1, 2)).clamp_min(1e-12)  # T: this prompt's own error level
-    rise = (err_left_out_kthw.float() - err_full_thw.float()[None]) / scale.view(1, t, 1, 1)
+    scale = base_thw.float().mean(dim=(1, 2)).clamp_min(1e-12)  # T: this prompt's own error level
+    rise = (err_without_kthw.float() - err_with_kthw.float()) / scale.view(1, t, 1, 1)
     return (rise * weights[:, None]).sum(dim=(2, 3)).mean(1)
 
 

@@ -11,6 +11,7 @@ from attnseg.method.presence import (
     PresenceConfig,
     decide,
     leave_one_out_scores,
+    naming_gain,
     presence_config,
     restrict_layout,
 )
@@ -76,3 +77,13 @@ def test_restricted_layout_rescales_over_the_kept_classes_only():
     kept = restrict_layout(layout, [0, 2])
     assert kept.class_tokens == [[[1]], [[4]]] and kept.content_tokens == [1, 4, 6]
     assert kept.special_tokens == [0, 7]
+
+
+def test_naming_gain_measures_both_directions_on_one_scale():
+    """Second round: a class in the kept set is scored by leaving it out, one outside by adding it; both are
+    'error without the name minus error with it', relative to the kept set's own error."""
+    base = torch.full((1, 2, 2), 2.0)  # the kept set's prompt: error 2 everywhere
+    without = torch.stack([torch.full((1, 2, 2), 2.2), base])  # class 0 in S: left out, the error rises
+    with_k = torch.stack([base, torch.full((1, 2, 2), 1.8)])  # class 1 outside S: added, the error falls
+    scores = naming_gain(without, with_k, torch.ones(2, 2, 2), base)
+    assert scores.tolist() == pytest.approx([0.1, 0.1], abs=1e-6)
