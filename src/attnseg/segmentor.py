@@ -210,9 +210,20 @@ class Segmentor:
         )
         kept = [k for k in range(len(specs)) if found.present[k]]
         kept_specs = [specs[k] for k in kept]
-        kept_plans = plans if len(kept) == len(specs) else self.builder.build(kept_specs, self.background)
-        if kept_plans is plans:  # every class present: the open pass is already the segmentation
-            second = opened
+        everything = len(kept) == len(specs) or not self.presence.second_pass
+        kept_plans = plans if everything else self.builder.build(kept_specs, self.background)
+        if kept_plans is plans:  # the open pass's maps of the kept classes are the segmentation
+            # Background (τ or background words) that beat every class beats the kept ones too: it stays.
+            relabelled = assign_labels(opened.scores[kept], self.config.tau)
+            relabelled[opened.labels == 0] = 0
+            second = Segmentation(
+                [s.name for s in kept_specs],
+                opened.scores[kept],
+                relabelled,
+                opened.tau,
+                picture,
+                opened.meta,
+            )
         else:
             keep = max(plan.n_tokens for plan in kept_plans)
             second = self._segment_batch(
@@ -222,7 +233,7 @@ class Segmentor:
         scores[kept] = second.scores
         labels = torch.tensor([0] + [k + 1 for k in kept])[second.labels]
         timings = dict(opened.meta["timings"])
-        if second is not opened:
+        if kept_plans is not plans:
             timings = {k: v + second.meta["timings"].get(k, 0.0) for k, v in timings.items()}
         meta = second.meta | {
             "timings": timings | {"presence_s": found.seconds},
@@ -234,7 +245,7 @@ class Segmentor:
             "forwards": {
                 "open_pass_rows": len(plans),
                 "presence_rows": found.rows,
-                "second_pass_rows": 0 if second is opened else len(kept_plans),
+                "second_pass_rows": 0 if kept_plans is plans else len(kept_plans),
             },
         }
         return Segmentation(opened.classes, scores, labels, opened.tau, picture, meta)

@@ -27,13 +27,17 @@ class PresenceConfig:
     # Noise levels of the test, t of 1000 (flow-matching models: σ = t / 1000). Each adds K + P forward rows
     # (K classes, P prompts); several levels average out the noise draw, which dominates a single test.
     timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)
-    threshold: float = 0.01  # a class is present when its relative error rise reaches this (tune split)
+    threshold: float = 0.005  # a class is present when its relative error rise reaches this (tune split)
     # Bound on the test's forward rows per image: levels are dropped (keeping at least one) beyond it.
     max_rows: int = 80
     # 2: test again against a prompt naming the classes kept by the first test (the prompts the model knows:
     # a class list of what is there): a kept class must still lower the error when left out of it, a dropped
     # one may come back if adding it lowers the error. Only when the kept set plus one class fits one prompt.
     rounds: int = 1
+    # True: segment the image again, naming the kept classes only. False: keep the open pass's maps of the
+    # kept classes. Chosen on the tune split: with the test's mistakes the open maps score higher (a wrongly
+    # kept class named alone takes a min-max peak of its own); with a perfect test the second pass is better.
+    second_pass: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in PRESENCE_MODES:
