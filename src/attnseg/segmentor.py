@@ -193,7 +193,7 @@ class Segmentor:
         return results[0] if single else results
 
     def _keep_present(self, opened: Segmentation, specs, plans, seed: int) -> Segmentation:
-        """Test which named classes the image shows, then segment it again into those only (absent: no pixels)."""
+        """Test which named classes the image shows; label it with those only (absent: no score, no pixel)."""
         from attnseg.presence import find_present
 
         picture = opened.image
@@ -235,13 +235,12 @@ class Segmentor:
         timings = dict(opened.meta["timings"])
         if kept_plans is not plans:
             timings = {k: v + second.meta["timings"].get(k, 0.0) for k, v in timings.items()}
+        # split_into_prompts says whether the named list was split, whatever the kept one needed.
         meta = second.meta | {
             "timings": timings | {"presence_s": found.seconds},
             "presence": found.to_dict([s.name for s in specs], self.presence),
             "open_pass_prompts": opened.meta["prompts"],
-            "split_into_prompts": opened.meta[
-                "split_into_prompts"
-            ],  # the named list was; the kept one may not be
+            "split_into_prompts": opened.meta["split_into_prompts"],
             "forwards": {
                 "open_pass_rows": len(plans),
                 "presence_rows": found.rows,
