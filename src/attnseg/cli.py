@@ -152,6 +152,14 @@ def add_loading_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         default=None,
         help="diffusers folder with configs for a single-file checkpoint",
     )
+    parser.add_argument(
+        "--presence",
+        default=None,
+        choices=("on", "off"),
+        help="on: first decide which named classes are in the image, absent ones get no pixels; off: every "
+        "named class takes part (the paper's setting, for oracle class lists). Default: on for segment and "
+        "for eval --protocol open, off for eval --protocol oracle-tags",
+    )
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +192,7 @@ def segmentor_from_args(args: argparse.Namespace):
         allow_pickle=args.allow_pickle,
         config_folder=args.config_folder,
         max_pixels=getattr(args, "max_pixels", None) or 4096 * 4096,
+        presence=args.presence or "on",
         **parse_settings(args.overrides, args.tau),
     )
 
@@ -225,9 +234,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
             result.meta["image_notes"] = notes[str(path)]
         folder = result.save(out / name, overwrite=args.overwrite)
         if not args.quiet:
-            present = sorted({result.classes[k - 1] for k in result.labels.unique().tolist() if k > 0})
-            print(f"{path} -> {folder}  (found: {', '.join(present) or 'background only'})")
+            print(f"{path} -> {folder}  {_found_line(result)}")
     return 0
+
+
+def _found_line(result) -> str:
+    """Which named classes the presence step found and judged absent (or, without it, which got pixels)."""
+    presence = result.meta.get("presence", {})
+    if "found" in presence:
+        return f"(found: {', '.join(presence['found'])}; absent: {', '.join(presence['absent']) or 'none'})"
+    labelled = sorted({result.classes[k - 1] for k in result.labels.unique().tolist() if k > 0})
+    return f"(labelled: {', '.join(labelled) or 'background only'}; presence off)"
 
 
 def cmd_models(args: argparse.Namespace) -> int:

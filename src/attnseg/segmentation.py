@@ -89,9 +89,20 @@ class Segmentation:
                 staging / "scores.npz",
                 scores=self.scores.cpu().numpy().astype(np.float16),
                 classes=np.array(self.classes),
+                **self._presence_arrays(),
             )
             write_json(staging / "result.json", {"classes": self.classes, "tau": self.tau, **self.meta})
         return target
+
+    def _presence_arrays(self) -> dict[str, np.ndarray]:
+        """Each class's presence score and decision (K each) when the presence step ran; else nothing."""
+        found = self.meta.get("presence", {}).get("classes")
+        if not found:
+            return {}
+        return {
+            "presence_scores": np.array([found[c]["score"] for c in self.classes], dtype=np.float32),
+            "present": np.array([found[c]["present"] for c in self.classes], dtype=bool),
+        }
 
 
 SEGMENTATION_FILES = ("labels.png", "overlay.png", "scores.npz", "result.json")

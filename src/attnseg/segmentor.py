@@ -20,6 +20,7 @@ from attnseg.io import DEFAULT_MAX_PIXELS, check_memory, load_image, prepare_ima
 from attnseg.method.config import MethodConfig, method_config, model_method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import run_method
+from attnseg.method.presence import PresenceConfig, presence_config
 from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
 from attnseg.segmentation import Segmentation
 
@@ -108,6 +109,7 @@ class Segmentor:
         background: list[str] | None = None,
         batch_size: int = 1,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        presence: PresenceConfig | None = None,
     ) -> None:
         if batch_size < 1:
             raise BadConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -118,6 +120,7 @@ class Segmentor:
         self.background = parse_classes(background) if background else []
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.presence = presence or PresenceConfig()
         self.builder = backbone.prompt_builder(template)
         self.model_hash = _fingerprint(backbone)
 
@@ -135,18 +138,27 @@ class Segmentor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         allow_pickle: bool = False,
         config_folder: str | os.PathLike | None = None,
+        presence: str | bool | PresenceConfig | None = "on",
         **overrides: object,
     ) -> Segmentor:
         """Load `model` (None: the embedded default) and set up `method` with any setting overridden.
 
         Precedence: your overrides, then the model's own attnseg.json, then the family preset, then the method.
+        presence: "on" (default) decides which named classes are in each image first; "off" segments into all.
+        Overrides named presence_<field> set a field of PresenceConfig (e.g. presence_threshold=0.05).
         """
+        prefix = "presence_"
+        tests = {k.removeprefix(prefix): v for k, v in overrides.items() if k.startswith(prefix)}
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(prefix)}
+        if isinstance(tests.get("timesteps"), list):
+            tests["timesteps"] = tuple(tests["timesteps"])
+        presence_settings = presence_config(presence, **tests)
         method_config(method, **overrides)  # fail on a bad method or setting before loading anything
         device = parse_device(device)
         backbone = load_backbone(model, device, parse_dtype(dtype, device), allow_pickle, config_folder)
         config = config_for(backbone, method, **overrides)
         template = template or backbone.defaults["template"] or DEFAULT_TEMPLATE
-        return cls(backbone, config, method, template, background, batch_size, max_pixels)
+        return cls(backbone, config, method, template, background, batch_size, max_pixels, presence_settings)
 
     def with_config(
         self, method: str | None = None, tau: float | None = None, **overrides: object
@@ -223,12 +235,73 @@ class Segmentor:
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
             batch = pictures[start : start + self.batch_size]
-            results.extend(
-                self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed)
-            )
+            opened = self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed)
+            if self.presence.enabled:  # the open pass above only locates the classes for the test
+                opened = [self._keep_present(r, specs, plans, seed) for r in opened]
+            else:
+                for r in opened:
+                    r.meta["presence"] = {"mode": "off"}
+            results.extend(opened)
             if progress is not None:
                 progress(len(batch))
         return results[0] if single else results
+
+    def _keep_present(self, opened: Segmentation, specs, plans, seed: int) -> Segmentation:
+        """Test which named classes the image shows; label it with those only (absent: no score, no pixel)."""
+        from attnseg.presence import find_present
+
+        picture = opened.image
+        found = find_present(
+            self.backbone,
+            self.builder,
+            self._pixels([picture])[0],
+            specs,
+            plans,
+            self.background,
+            opened.scores,
+            self.presence,
+            seed,
+        )
+        kept = [k for k in range(len(specs)) if found.present[k]]
+        kept_specs = [specs[k] for k in kept]
+        everything = len(kept) == len(specs) or not self.presence.second_pass
+        kept_plans = plans if everything else self.builder.build(kept_specs, self.background)
+        if kept_plans is plans:  # the open pass's maps of the kept classes are the segmentation
+            # Background (τ or background words) that beat every class beats the kept ones too: it stays.
+            relabelled = assign_labels(opened.scores[kept], self.config.tau)
+            relabelled[opened.labels == 0] = 0
+            second = Segmentation(
+                [s.name for s in kept_specs],
+                opened.scores[kept],
+                relabelled,
+                opened.tau,
+                picture,
+                opened.meta,
+            )
+        else:
+            keep = max(plan.n_tokens for plan in kept_plans)
+            second = self._segment_batch(
+                [picture], [opened.meta["image"]], kept_specs, kept_plans, keep, seed
+            )[0]
+        scores = torch.zeros_like(opened.scores)
+        scores[kept] = second.scores
+        labels = torch.tensor([0] + [k + 1 for k in kept])[second.labels]
+        timings = dict(opened.meta["timings"])
+        if kept_plans is not plans:
+            timings = {k: v + second.meta["timings"].get(k, 0.0) for k, v in timings.items()}
+        # split_into_prompts says whether the named list was split, whatever the kept one needed.
+        meta = second.meta | {
+            "timings": timings | {"presence_s": found.seconds},
+            "presence": found.to_dict([s.name for s in specs], self.presence),
+            "open_pass_prompts": opened.meta["prompts"],
+            "split_into_prompts": opened.meta["split_into_prompts"],
+            "forwards": {
+                "open_pass_rows": len(plans),
+                "presence_rows": found.rows,
+                "second_pass_rows": 0 if kept_plans is plans else len(kept_plans),
+            },
+        }
+        return Segmentation(opened.classes, scores, labels, opened.tau, picture, meta)
 
     def _segment_batch(self, pictures, names, specs, plans, keep, seed) -> list[Segmentation]:
         n_img, n_prompt = len(pictures), len(plans)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+import torch
+
 from attnseg.backbones import FAMILIES
 from attnseg.errors import BadCheckpointError, BadConfigError
 from attnseg.method.config import method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
+from attnseg.method.presence import presence_config
 from attnseg.method.streaming import StreamingReducer
 from attnseg.prompts import parse_classes
 from attnseg.segmentation import Segmentation
@@ -28,8 +32,16 @@ class _CurrentReducer:
 class Trace:
     """Captures every denoiser call of a pipeline run and averages the conditional rows over steps."""
 
-    def __init__(self, pipe, method: str = "goca", keep_tokens: int = 77, **overrides: object) -> None:
+    def __init__(
+        self,
+        pipe,
+        method: str = "goca",
+        keep_tokens: int = 77,
+        presence: str | bool = "on",
+        **overrides: object,
+    ) -> None:
         method_config(method, **overrides)  # a bad method or setting fails before anything is touched
+        self.presence = presence_config(presence)
         self.method = method
         index = {"_class_name": type(pipe).__name__}
         family = next((cls for cls in FAMILIES if cls.detect(index)), None)
@@ -46,6 +58,7 @@ class Trace:
         self._hooks: list = []
         self._stack = contextlib.ExitStack()
         self._installed = False
+        self._testing = False  # True while the presence test runs the denoiser: its calls are not captured
 
     def _before(self, module, args, kwargs) -> None:
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
@@ -57,6 +70,8 @@ class Trace:
             self._installed = True
 
     def _after(self, module, args, kwargs, output) -> None:
+        if self._testing:
+            return
         captured = self.proxy.reducer.finish()
         rows = captured.cross[0].shape[0]
         captured = captured.rows(
@@ -104,6 +119,12 @@ class Trace:
         size = (image.height, image.width) if image is not None else out.class_maps.shape[-2:]
         scores = upsample(out.class_maps.float(), tuple(size))[0].clamp(0, 1).cpu()
         tau = self.config.tau if tau is None else tau
+        labels = assign_labels(scores, tau)
+        presence = self._presence(specs, scores, image)
+        if presence is not None:  # absent classes: no score, no pixels
+            scores[~presence.present] = 0.0
+            labels = assign_labels(scores, tau)
+            labels[torch.isin(labels, torch.nonzero(~presence.present).flatten() + 1)] = 0
         meta = {
             "method": self.method,
             "settings": self.config.to_dict(),
@@ -111,8 +132,32 @@ class Trace:
             "steps": self.steps,
             "token_spans": plan.token_spans,
             "layers": mean.layer_names,
+            "presence": {"mode": "off"}
+            if not self.presence.enabled
+            else {"mode": self.presence.mode, "skipped": "no image= given: nothing to test the classes on"}
+            if presence is None
+            else presence.to_dict([s.name for s in specs], self.presence),
         }
-        return Segmentation([s.name for s in specs], scores, assign_labels(scores, tau), tau, image, meta)
+        return Segmentation([s.name for s in specs], scores, labels, tau, image, meta)
+
+    def _presence(self, specs, scores_khw: torch.Tensor, image):
+        """The presence test on the generated image, prompted with the class list (None when off or no image)."""
+        if not self.presence.enabled or image is None:
+            return None
+        from attnseg.presence import find_present
+
+        builder = self.backbone.prompt_builder()
+        plans = builder.build(specs)
+        size = self.backbone.preset.native_size
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB").resize((size, size)), dtype=np.float32))
+        pixels = (pixels.permute(2, 0, 1) / 127.5 - 1.0).to(self.backbone.device)
+        self._testing = True
+        try:
+            return find_present(
+                self.backbone, builder, pixels, specs, plans, [], scores_khw, self.presence, seed=0
+            )
+        finally:
+            self._testing = False
 
 
 def _combine(a: CapturedAttention, b: CapturedAttention | None, fa: float, fb: float) -> CapturedAttention:
@@ -136,6 +181,11 @@ def _scale(a: CapturedAttention, factor: float) -> CapturedAttention:
     return _combine(a, None, factor, 0.0)
 
 
-def trace(pipe, method: str = "goca", keep_tokens: int = 77, **overrides: object) -> Trace:
-    """Context manager: `with trace(pipe) as tr: image = pipe(prompt).images[0]`, then `tr.segment(prompt, [...])`."""
-    return Trace(pipe, method, keep_tokens, **overrides)
+def trace(
+    pipe, method: str = "goca", keep_tokens: int = 77, presence: str | bool = "on", **overrides: object
+) -> Trace:
+    """Context manager: `with trace(pipe) as tr: image = pipe(prompt).images[0]`, then `tr.segment(prompt, [...])`.
+
+    presence "on" (default) tests which named classes the generated image shows (needs image=); "off" keeps all.
+    """
+    return Trace(pipe, method, keep_tokens, presence, **overrides)

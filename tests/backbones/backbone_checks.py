@@ -37,11 +37,26 @@ def check_token_spans(seg: attnseg.Segmentation, tokenizer, prompt_ids: list[int
         assert positions == list(range(positions[0], positions[-1] + 1)), (word, positions)
 
 
+def check_presence_runs(seg: attnseg.Segmentor, image: Image.Image) -> None:
+    """The presence test reads this family's prediction (its noise convention and layout) and decides every class."""
+    from attnseg.backbones.noise_error import noise_errors
+    from attnseg.method.presence import PresenceConfig
+
+    pixels = seg._pixels([image])[0]
+    errors = noise_errors(seg.backbone, pixels, ["a cat.", "a cat and grass."], (100, 500), torch.Generator())
+    assert errors.shape[:2] == (2, 2) and torch.isfinite(errors).all() and (errors > 0).all()
+    on = attnseg.Segmentor(seg.backbone, seg.config, seg.method, seg.template, presence=PresenceConfig())
+    found = on.segment(image, CLASSES, seed=0).meta["presence"]
+    assert list(found["classes"]) == CLASSES and found["found"]
+
+
 def segment_and_check(folder, expected_layers: list[str]) -> tuple[attnseg.Segmentor, attnseg.Segmentation]:
     """Load `folder`, segment a random image into CLASSES and check the result's shape, range and capture."""
-    seg = attnseg.Segmentor.from_pretrained(str(folder), device="cpu")
+    # The capture checks read the one pass over every class: the presence step is checked on its own below.
+    seg = attnseg.Segmentor.from_pretrained(str(folder), device="cpu", presence="off")
     image = random_image()
     result = seg.segment(image, CLASSES, seed=0)
+    check_presence_runs(seg, image)
     k, h, w = len(CLASSES), image.height, image.width
     assert result.scores.shape == (k, h, w) and result.scores.dtype == torch.float32
     assert torch.isfinite(result.scores).all()

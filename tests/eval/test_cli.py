@@ -373,6 +373,8 @@ def test_every_eval_flag_reaches_its_config_field() -> None:
         "--batch-size",
         "2",
         "--no-progress",
+        "--presence",
+        "off",
     ]
     config = config_from_args(parser.parse_args(argv), ["attnseg", "eval"])
     defaults = EvalConfig(dataset="ade20k", root="r", out="o")

@@ -41,3 +41,38 @@ def test_eval_with_the_real_segmentor(tmp_path: Path, tiny_sd: Path) -> None:
     # resumed from records alone: the model is not needed again
     again = run_eval(cfg, lambda: (_ for _ in ()).throw(AssertionError("model loaded again")))
     assert again["mIoU"] == m["mIoU"]
+
+
+def test_open_protocol_runs_the_presence_step_and_says_so(tmp_path: Path, tiny_sd: Path) -> None:
+    L.build("world", tmp_path / "d", n=2)
+    base = dict(
+        dataset="world", root=str(tmp_path / "d"), model=str(tiny_sd), protocol="open", progress=False
+    )
+    on = run_eval(EvalConfig(out=str(tmp_path / "on"), **base))
+    assert on["protocol"]["presence"] == "on" and "presence step" in on["protocol"]["description"]
+    pres = on["presence"]
+    assert pres["images"] == 2 and pres["tp"] + pres["fp"] > 0  # every image keeps at least one class
+    assert pres["tp"] + pres["fn"] == sum(len(set(r)) for r in _gt_ids(tmp_path / "d"))
+    records = [
+        json.loads(x)
+        for x in (tmp_path / "on" / "records").glob("*.jsonl").__next__().read_text().splitlines()
+    ]
+    assert all("present" in r and len(r["presence_scores"]) == len(r["ids"]) for r in records)
+    off = run_eval(EvalConfig(out=str(tmp_path / "off"), presence="off", **base))
+    assert off["protocol"]["presence"] == "off" and off["presence"] is None
+    oracle = run_eval(EvalConfig(out=str(tmp_path / "oracle"), **(base | {"protocol": "oracle-tags"})))
+    assert oracle["presence"] is None  # oracle tags: every named class is present already
+    from attnseg.eval.report import write_report
+
+    md, _, _ = write_report([tmp_path / "oracle", tmp_path / "on", tmp_path / "off"], tmp_path / "rep")
+    assert (
+        "| open + presence, τ fixed |" in md
+        and "| open, τ fixed |" in md
+        and "| oracle-tags, τ fixed |" in md
+    )
+    assert "Presence decisions" in md and "| **all** |" in md
+
+
+def _gt_ids(root: Path) -> list[list[int]]:
+    """Each scene's foreground ids with pixels, from the world layout's index."""
+    return [json.loads(x)["present"] for x in (root / "index.jsonl").read_text().splitlines() if x.strip()]

@@ -102,7 +102,8 @@ def run_demo(
             "weights built from config: the pipeline runs end to end, but its masks mean nothing."
         )
         print(note, file=sys.stderr)
-    segmentor = Segmentor.from_pretrained(model, device=device)
+    # Each scene is prompted with the classes its caption names, all present: no presence step to run.
+    segmentor = Segmentor.from_pretrained(model, device=device, presence="off")
     names = [c.name for c in CLASSES]  # label k+1 = world class id k+1
     palette = [(0, 0, 0)] + [
         tuple(int(v) for v in np.random.default_rng(c.id * 7 + 1).integers(40, 256, 3)) for c in CLASSES

@@ -27,6 +27,8 @@ class ImageRecord:
     grid: tuple[tuple[int, ...], ...] | None = None  # one sparse confusion per τ of the grid (τ searches)
     sec: float = 0.0  # seconds of segmentation, the batch's time shared among its images
     diag: Mapping[str, float] = field(default_factory=dict)  # the segmentor's per-image scalar diagnostics
+    present: tuple[int, ...] | None = None  # eval ids a presence step kept; None: no presence step ran
+    presence_scores: Mapping[str, float] = field(default_factory=dict)  # eval id → that step's score
 
     def to_json(self) -> dict[str, Any]:
         """The record as one JSON object (fields that are None or empty are left out)."""
@@ -38,6 +40,9 @@ class ImageRecord:
         out["sec"] = self.sec
         if self.diag:
             out["diag"] = dict(self.diag)
+        if self.present is not None:
+            out["present"] = list(self.present)
+            out["presence_scores"] = dict(self.presence_scores)
         return out
 
     @classmethod
@@ -53,6 +58,8 @@ class ImageRecord:
                 grid=None if grid is None else tuple(tuple(int(v) for v in g) for g in grid),
                 sec=float(rec.get("sec", 0.0)),
                 diag={str(k): float(v) for k, v in rec.get("diag", {}).items()},
+                present=None if rec.get("present") is None else tuple(int(i) for i in rec["present"]),
+                presence_scores={str(k): float(v) for k, v in rec.get("presence_scores", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise BadConfigError(

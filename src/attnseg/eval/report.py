@@ -50,7 +50,8 @@ def protocol_label(m: dict[str, Any]) -> str:
     """How a run's protocol reads in a table: 'oracle-tags, τ held-out'."""
     p = m["protocol"]
     mode = p.get("tau_mode", "none")
-    return f"{p['name']}, {_TAU_LABEL.get(mode, mode)}"
+    name = f"{p['name']} + presence" if p.get("presence") == "on" else p["name"]
+    return f"{name}, {_TAU_LABEL.get(mode, mode)}"
 
 
 def _fmt(x: float | None) -> str:
@@ -108,6 +109,10 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
         )
     if any(r["protocol"]["name"] == "open" for r in runs):
         notes.append("open: each image is prompted with every class of the data set.")
+    if any(r["protocol"].get("presence") == "on" for r in runs):
+        notes.append(
+            "+ presence: a presence step decided which prompted classes each image shows; absent ones got no pixels."
+        )
     if any(r["protocol"].get("oracle_tau") for r in runs):
         notes.append("†: τ swept on the scored split itself (an oracle, for reproducing the paper only).")
     if any(r["protocol"].get("tau_mode") in ("fixed", "none") for r in runs):
@@ -117,6 +122,24 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
     if any(r["protocol"].get("tau_mode") == "heldout" for r in runs):
         notes.append("τ held-out: τ chosen on a split that is not scored.")
     return "\n".join(lines + notes) + "\n"
+
+
+def presence_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Precision / recall of the presence decisions per class, one column pair per run that made them."""
+    made = [r for r in runs if r.get("presence")]
+    if not made:
+        return ""
+    names = list(dict.fromkeys(n for r in made for n in r["presence"]["per_class"]))
+    head = " | ".join(f"{r.get('method', '?')} · {r.get('model', '?')} P / R" for r in made)
+    lines = ["", "Presence decisions (precision / recall over images, %)", "", f"| Class | {head} |"]
+    lines.append("|---|" + "---:|" * len(made))
+    for name in [*names, None]:
+        cells = []
+        for r in made:
+            c = r["presence"] if name is None else r["presence"]["per_class"].get(name, {})
+            cells.append(f"{_fmt(c.get('precision'))} / {_fmt(c.get('recall'))}")
+        lines.append(f"| {name or '**all**'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -175,7 +198,7 @@ def write_report(
     if not run_dirs:
         raise BadConfigError("attnseg report needs at least one run folder")
     runs = [load_run(d) for d in run_dirs]
-    md = table(runs)
+    md = table(runs) + presence_table(runs)
     out = Path(out_dir)
     with output_folder(out, overwrite, replace=False) as stage:  # beside what is there; never over the user's
         (stage / "report.md").write_text(md)

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import torch
 from attnseg.errors import AttnsegError, BadConfigError, BadDatasetError
 from attnseg.eval import metrics as M
 from attnseg.eval.datasets import Sample, SegDataset, get_dataset
+from attnseg.eval.presence import PresenceCounts, presence_mode, presence_record
 from attnseg.eval.protocols import DEFAULT_CLASSES_PER_PROMPT, DEFAULT_TAU_GRID, Protocol, best_class, predict
 from attnseg.eval.records import (
     ImageRecord,
@@ -87,6 +88,7 @@ class EvalConfig:
     batch_size: int = 1
     segmentor: str | None = None  # MODULE:CALLABLE returning a segmentor, instead of attnseg.Segmentor
     segmentor_args: tuple[tuple[str, Any], ...] = ()
+    presence: str | None = None  # on | off; None: on for the open protocol, off for oracle tags
     progress: bool = True
     command: tuple[str, ...] = ()
 
@@ -309,6 +311,7 @@ def make_segmentor(cfg: EvalConfig) -> Any:
         dtype=cfg.dtype,
         batch_size=cfg.batch_size,
         allow_pickle=cfg.allow_pickle,
+        presence=presence_mode(cfg.presence, cfg.protocol),
         **extra,
     )
     if cfg.timestep is not None:
@@ -427,6 +430,7 @@ class _PhaseTotals:
     images: int
     sec: float
     diag: dict[str, float]  # mean over images of each per-image diagnostic
+    presence: PresenceCounts  # presence decisions against the ground truth (empty without a presence step)
 
 
 class Runner:
@@ -626,6 +630,7 @@ class Runner:
         images = [b[1] for b in batch]
         per_image: list[list[torch.Tensor]] = [[] for _ in batch]
         diags: list[list[dict[str, Any]]] = [[] for _ in batch]
+        found: list[dict[str, Any]] = [{} for _ in batch]
         own_tau: float | None = None
         seg = self.seg.get() if ids else None  # loaded before the clock starts: sec is segmentation time
         t0 = time.perf_counter()
@@ -648,6 +653,7 @@ class Runner:
                         )
                     per_image[j].append(sc.float())
                     diags[j] += (getattr(r, "meta", None) or {}).get("diagnostics") or []
+                    found[j] = presence_record(getattr(r, "meta", None), chunk, found[j])
                     if getattr(r, "tau", None) is not None:
                         own_tau = float(r.tau)
                 if self.seg_meta is None:
@@ -659,6 +665,12 @@ class Runner:
             if s.id in recs:  # recorded by an earlier launch; its block was run again only for its neighbours
                 continue
             rec = self._record(ph, s, gt, per_image[j], ids, own_tau, sec, _scalar_means(diags[j]))
+            if found[j]:
+                rec = replace(
+                    rec,
+                    present=tuple(found[j]["present"]),
+                    presence_scores=dict(found[j]["presence_scores"]),
+                )
             log.append(rec.to_json())
             recs[s.id] = rec
             bar.update(1)
@@ -731,9 +743,11 @@ class Runner:
         sec = 0.0
         diag_sum: dict[str, float] = {}
         diag_count: dict[str, int] = {}
+        presence = PresenceCounts.zeros(n)
         err: BaseException | None = None
         try:
             for rec in recs:
+                presence.add(rec, n)
                 if rec.conf is not None:
                     conf += M.dense(rec.conf, n)
                 if ph.want_grid:
@@ -754,6 +768,7 @@ class Runner:
         d.agree(err)
         conf = M.ConfusionMeter.from_matrix(conf).all_reduce(d.all_reduce).mat
         grid = d.all_reduce(grid)
+        presence = presence.all_reduce(d.all_reduce)
         parts = d.gather(
             {"images": len(recs), "taus": sorted(taus), "sec": sec, "diag": (diag_sum, diag_count)}
         )
@@ -787,6 +802,7 @@ class Runner:
             images=images,
             sec=sum(p["sec"] for p in parts),
             diag={k: totals[k] / counts[k] for k in sorted(totals)},
+            presence=presence,
         )
 
     def _choose_tau(
@@ -846,7 +862,8 @@ class Runner:
             "kind_iou": sc["kind_iou"]
             or None,  # mean IoU of stuff and of things, where the data set names kinds
             "diagnostics": agg.diag or None,  # the segmentor's per-image diagnostics, averaged over images
-            "protocol": self.protocol.describe(ds, tau),
+            "protocol": agg.presence.describe_protocol(self.protocol.describe(ds, tau)),
+            "presence": agg.presence.summary(ds.class_names, range(ds.num_classes)),
             "tau": tau,
             "tau_search": tau_info,
             "counts": {

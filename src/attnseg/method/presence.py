@@ -1,0 +1,133 @@
+"""Presence: which named classes are in the image, by a denoising-error test (training-free, plain tensors).
+
+A class is judged present when leaving its name out of the prompt raises the denoiser's error where the open
+pass puts the class (a leave-one-out diffusion-classifier test, localised by the class's own map). Errors are
+taken relative to the error of the prompt the class was named in, so classes named in different prompts (long
+vocabularies) are compared on one scale. The segmentation is then run again with the present classes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attnseg.errors import BadConfigError
+from attnseg.method.pipeline import TokenLayout
+
+PRESENCE_MODES = ("off", "denoise")
+
+
+@dataclass(frozen=True)
+class PresenceConfig:
+    """The presence step's settings; the threshold was chosen on the world's tune split (docs/WORLD.md)."""
+
+    mode: str = "denoise"  # off (every named class takes part, as before) | denoise
+    # Noise levels of the test, t of 1000 (flow-matching models: σ = t / 1000). Each adds K + P forward rows
+    # (K classes, P prompts); several levels average out the noise draw, which dominates a single test.
+    timesteps: tuple[int, ...] = (100, 300, 500, 700, 900)
+    threshold: float = 0.005  # a class is present when its relative error rise reaches this (tune split)
+    # Bound on the test's forward rows per image: levels are dropped (keeping at least one) beyond it.
+    max_rows: int = 80
+    # 2: test again against a prompt naming the classes kept by the first test (the prompts the model knows:
+    # a class list of what is there): a kept class must still lower the error when left out of it, a dropped
+    # one may come back if adding it lowers the error. Only when the kept set plus one class fits one prompt.
+    rounds: int = 1
+    # True: segment the image again, naming the kept classes only. False: keep the open pass's maps of the
+    # kept classes. Chosen on the tune split: with the test's mistakes the open maps score higher (a wrongly
+    # kept class named alone takes a min-max peak of its own); with a perfect test the second pass is better.
+    second_pass: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRESENCE_MODES:
+            raise BadConfigError(f"presence={self.mode!r} is not one of {', '.join(PRESENCE_MODES)}")
+        if not self.timesteps or any(not 0 < t < 1000 for t in self.timesteps):
+            raise BadConfigError(f"presence timesteps must lie in (0, 1000), got {self.timesteps}")
+        if self.rounds not in (1, 2):
+            raise BadConfigError(f"presence rounds must be 1 or 2, got {self.rounds}")
+        if self.max_rows < 1:
+            raise BadConfigError(f"presence max_rows must be >= 1, got {self.max_rows}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the step runs at all."""
+        return self.mode != "off"
+
+    def levels_for(self, n_rows_per_level: int) -> tuple[int, ...]:
+        """The noise levels that fit max_rows when one level costs n_rows_per_level rows (at least one)."""
+        n = max(1, min(len(self.timesteps), self.max_rows // max(1, n_rows_per_level)))
+        # Keep levels spread over the range rather than the first n.
+        picks = torch.linspace(0, len(self.timesteps) - 1, n).round().long().unique().tolist()
+        return tuple(self.timesteps[i] for i in picks)
+
+
+def presence_config(value: str | bool | PresenceConfig | None = None, **overrides: object) -> PresenceConfig:
+    """A PresenceConfig from 'on' / 'off' / a mode name / a bool / a config (None: the default)."""
+    if isinstance(value, PresenceConfig):
+        base = value
+    elif value is None or value is True or value == "on":
+        base = PresenceConfig()
+    elif value is False or value == "off":
+        base = PresenceConfig(mode="off")
+    elif isinstance(value, str):
+        base = PresenceConfig(mode=value)
+    else:
+        raise BadConfigError(f"presence must be on, off or one of {', '.join(PRESENCE_MODES)}; got {value!r}")
+    if overrides:
+        known = set(PresenceConfig.__dataclass_fields__)
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise BadConfigError(
+                f"unknown presence setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        base = PresenceConfig(**{**base.__dict__, **overrides})
+    return base
+
+
+def leave_one_out_scores(
+    err_full_thw: torch.Tensor, err_left_out_kthw: torch.Tensor, maps_khw: torch.Tensor
+) -> torch.Tensor:
+    """Per class (K): the error rise when its name is left out, relative to the full prompt's mean error.
+
+    err_full_thw: T×h×w per-pixel error with every class of the prompt named (T noise levels).
+    err_left_out_kthw: K×T×h×w, the same with class k left out. maps_khw: the open pass's class maps in [0, 1],
+    any size: the rise is averaged under each class's own map, so a small present thing is not drowned by the
+    rest of the image. Averaged over the T levels.
+    """
+    return naming_gain(err_left_out_kthw, err_full_thw[None], maps_khw, err_full_thw)
+
+
+def naming_gain(
+    err_without_kthw: torch.Tensor,
+    err_with_kthw: torch.Tensor,
+    maps_khw: torch.Tensor,
+    base_thw: torch.Tensor,
+) -> torch.Tensor:
+    """Per class (K): how much naming it lowers the error under its map, relative to base_thw's mean error.
+
+    err_without / err_with: K×T×h×w (or 1×T×h×w, broadcast), the error with the class's name left out and
+    named; base_thw: the error of the prompt the test is relative to (T×h×w). Averaged over the T levels.
+    """
+    t, h, w = err_without_kthw.shape[1:]
+    weights = F.interpolate(maps_khw[None].float(), size=(h, w), mode="area")[0].clamp_min(0)
+    weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # K×h×w, each sums to 1
+    scale = base_thw.float().mean(dim=(1, 2)).clamp_min(1e-12)  # T: this prompt's own error level
+    rise = (err_without_kthw.float() - err_with_kthw.float()) / scale.view(1, t, 1, 1)
+    return (rise * weights[:, None]).sum(dim=(2, 3)).mean(1)
+
+
+def decide(scores_k: torch.Tensor, threshold: float) -> torch.Tensor:
+    """K bools: present where the score reaches the threshold; the best-scoring class is always kept."""
+    keep = scores_k >= threshold
+    if scores_k.numel():
+        keep[scores_k.argmax()] = True  # an image shows something: never segment into nothing
+    return keep
+
+
+def restrict_layout(layout: TokenLayout, keep: list[int]) -> TokenLayout:
+    """The layout of the same prompt with only the classes `keep` (local indices): Z sums their tokens only."""
+    class_tokens = [layout.class_tokens[k] for k in keep]
+    groups = class_tokens + layout.background_tokens
+    content = sorted({p for synonyms in groups for cols in synonyms for p in cols})
+    return TokenLayout(class_tokens, layout.background_tokens, content, layout.special_tokens)

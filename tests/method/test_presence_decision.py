@@ -1,0 +1,89 @@
+"""The presence step on plain tensors: scores, decision, cross-prompt scale, the forward budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnseg.errors import BadConfigError
+from attnseg.method.pipeline import TokenLayout
+from attnseg.method.presence import (
+    PresenceConfig,
+    decide,
+    leave_one_out_scores,
+    naming_gain,
+    presence_config,
+    restrict_layout,
+)
+
+
+def _hand_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 4×4 error grid, 2 levels, 3 classes: 0 is present (leaving it out raises the error under its map),
+    1 is absent (leaving it out changes nothing), 2 is absent but its left-out error rises elsewhere."""
+    full = torch.ones(2, 4, 4)
+    left = full.repeat(3, 1, 1, 1).clone()  # K×T×h×w
+    left[0, :, :2, :2] = 1.8  # class 0's own quarter: +80% where its map is
+    left[2, :, 2:, 2:] = 1.8  # a rise, but far from class 2's map
+    maps = torch.zeros(3, 8, 8)  # any size: resized to the error grid by area
+    maps[0, :4, :4] = 1.0
+    maps[1, :, :] = 0.5
+    maps[2, :4, :4] = 1.0
+    return full, left, maps
+
+
+def test_scores_are_the_error_rise_under_each_class_map():
+    full, left, maps = _hand_case()
+    scores = leave_one_out_scores(full, left, maps)
+    # Mean error of the full prompt is 1, so the rise is relative to 1: 0.8 under class 0's map, 0 elsewhere.
+    assert scores.tolist() == pytest.approx([0.8, 0.0, 0.0], abs=1e-6)
+    assert decide(scores, 0.02).tolist() == [True, False, False]
+
+
+def test_the_best_class_is_kept_even_below_the_threshold():
+    assert decide(torch.tensor([-0.3, -0.1, -0.2]), 0.02).tolist() == [False, True, False]
+
+
+def test_scores_compare_across_prompts_of_different_error_levels():
+    """Two prompts of one image (a long vocabulary): one's errors are 3× the other's, the rises alike in
+    proportion; each class must score the same in either prompt, or one prompt's classes would always win."""
+    full, left, maps = _hand_case()
+    in_a = leave_one_out_scores(full, left, maps)
+    in_b = leave_one_out_scores(3 * full, 3 * left, maps)
+    assert torch.allclose(in_a, in_b, atol=1e-6)
+    # A prompt that is harder to denoise everywhere does not make its classes look present.
+    shifted = leave_one_out_scores(full + 0.5, left + 0.5, maps)
+    assert decide(shifted, 0.02).tolist() == [True, False, False]
+
+
+def test_levels_are_capped_by_the_row_budget():
+    config = PresenceConfig(timesteps=(100, 300, 500, 700, 900), max_rows=80)
+    assert config.levels_for(14) == (100, 300, 500, 700, 900)  # 13 classes, one prompt: 70 rows
+    assert config.levels_for(26) == (100, 500, 900)  # spread over the range, not the first ones
+    assert config.levels_for(500) == (100,)  # at least one level, whatever the vocabulary
+
+
+def test_presence_settings_parse_and_refuse_bad_values():
+    assert presence_config("off").enabled is False
+    assert presence_config(True).enabled and presence_config("on").mode == "denoise"
+    assert presence_config("on", threshold=0.5).threshold == 0.5
+    with pytest.raises(BadConfigError, match="presence"):
+        presence_config("maybe")
+    with pytest.raises(BadConfigError, match="unknown presence setting"):
+        presence_config("on", thresold=0.5)
+
+
+def test_restricted_layout_rescales_over_the_kept_classes_only():
+    layout = TokenLayout([[[1]], [[2, 3]], [[4]]], [[[6]]], [1, 2, 3, 4, 6], [0, 7])
+    kept = restrict_layout(layout, [0, 2])
+    assert kept.class_tokens == [[[1]], [[4]]] and kept.content_tokens == [1, 4, 6]
+    assert kept.special_tokens == [0, 7]
+
+
+def test_naming_gain_measures_both_directions_on_one_scale():
+    """Second round: a class in the kept set is scored by leaving it out, one outside by adding it; both are
+    'error without the name minus error with it', relative to the kept set's own error."""
+    base = torch.full((1, 2, 2), 2.0)  # the kept set's prompt: error 2 everywhere
+    without = torch.stack([torch.full((1, 2, 2), 2.2), base])  # class 0 in S: left out, the error rises
+    with_k = torch.stack([base, torch.full((1, 2, 2), 1.8)])  # class 1 outside S: added, the error falls
+    scores = naming_gain(without, with_k, torch.ones(2, 2, 2), base)
+    assert scores.tolist() == pytest.approx([0.1, 0.1], abs=1e-6)

@@ -1,0 +1,98 @@
+"""The presence step through Segmentor, the CLI and trace, on a tiny random model (paths and records)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+import attnseg
+from attnseg import Segmentor
+from attnseg.cli import main
+
+
+def test_presence_is_on_by_default_and_records_every_named_class(tiny_sd, random_image, tmp_path):
+    seg = Segmentor.from_pretrained(tiny_sd, device="cpu")
+    names = ["cat", "grass", "wall"]
+    result = seg.segment(random_image, names)
+    found = result.meta["presence"]
+    assert found["mode"] == "denoise" and list(found["classes"]) == names
+    present = [found["classes"][n]["present"] for n in names]
+    assert any(present) and found["found"] == [n for n, p in zip(names, present) if p]
+    # Absent classes get no score and no pixel; present ones keep their maps.
+    for k, keep in enumerate(present):
+        if not keep:
+            assert result.scores[k].abs().sum() == 0 and not (result.labels == k + 1).any()
+    # 3 classes in one prompt: 4 rows per level, 5 levels; then the second pass if a class was dropped.
+    assert result.meta["forwards"]["presence_rows"] == 4 * 5
+    folder = result.save(tmp_path / "out")
+    npz = np.load(folder / "scores.npz")
+    assert npz["present"].tolist() == present
+    assert np.allclose(npz["presence_scores"], [found["classes"][n]["score"] for n in names], atol=1e-6)
+
+
+def test_presence_off_is_the_plain_segmentation(tiny_sd, random_image):
+    off = Segmentor.from_pretrained(tiny_sd, device="cpu", presence="off")
+    on = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_threshold=-1e9)  # keeps everything
+    a, b = off.segment(random_image, ["cat", "grass"]), on.segment(random_image, ["cat", "grass"])
+    assert a.meta["presence"] == {"mode": "off"}
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.scores, b.scores)
+
+
+def test_split_prompts_are_tested_each_against_its_own_prompt(tiny_sd, random_image):
+    seg = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_max_rows=1000)
+    seg.builder.max_tokens = 24
+    names = ["cat", "grass", "wall", "sky", "tree", "road", "house", "bird"]
+    result = seg.segment(random_image, names)
+    prompts = result.meta["open_pass_prompts"]
+    assert result.meta["split_into_prompts"] and len(prompts) > 1
+    # K classes + one full prompt per prompt, at every level.
+    assert result.meta["forwards"]["presence_rows"] == (len(names) + len(prompts)) * 5
+    assert set(result.meta["presence"]["classes"]) == set(names)
+
+
+def test_cli_prints_found_and_absent(tiny_sd, random_image, tmp_path, capsys):
+    a = tmp_path / "a.png"
+    random_image.save(a)
+    rc = main(
+        ["segment", str(a), "--classes", "cat,wall", "--model", str(tiny_sd), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    meta = json.loads((tmp_path / "o" / "a" / "result.json").read_text())
+    assert f"found: {', '.join(meta['presence']['found'])}" in line and "absent:" in line
+    rc = main(["segment", str(a), "--classes", "cat,wall", "--model", str(tiny_sd), "--out", str(tmp_path / "p"),
+               "--presence", "off"])  # fmt: skip
+    assert rc == 0 and "presence off" in capsys.readouterr().out
+
+
+def test_trace_tests_presence_on_the_generated_image(tiny_sd):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a photo of a cat on grass"
+    with attnseg.trace(pipe) as tr:
+        image = pipe(
+            prompt, num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)
+        )
+        image = image.images[0]
+        seg = tr.segment(prompt, ["cat", "grass"], image=image)  # inside the block: the test is not captured
+    assert tr.steps == 2
+    found = seg.meta["presence"]
+    assert set(found["classes"]) == {"cat", "grass"}
+    for k, name in enumerate(["cat", "grass"]):
+        if not found["classes"][name]["present"]:
+            assert not (seg.labels == k + 1).any()
+    assert tr.segment(prompt, ["cat"]).meta["presence"]["skipped"]  # no image: nothing to test on
+
+
+def test_second_round_tests_against_the_kept_set(tiny_sd, random_image):
+    seg = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_rounds=2)
+    names = ["cat", "grass", "wall"]
+    result = seg.segment(random_image, names)
+    found = result.meta["presence"]
+    assert found["first_round_found"] is not None and found["found"]
+    # First round: 3 classes + the full prompt; second: the kept set's prompt + one per class; 5 levels each.
+    assert result.meta["forwards"]["presence_rows"] == (4 + 4) * 5
