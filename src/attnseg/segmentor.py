@@ -58,7 +58,7 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def config_for(backbone: Backbone, method: str, **overrides: object) -> MethodConfig:
     """The method's settings for this model: your overrides, then its attnseg.json, then its family preset."""
-    defaults = {"refine_steps": backbone.preset.refine_steps} | backbone.defaults["method"]
+    defaults = backbone.preset.method_defaults() | backbone.defaults["method"]
     return model_method_config(method, defaults, overrides)
 
 
