@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ STOP_WORDS = frozenset(
     "a an the and or of on in at to with without by for from into onto over under before after behind "
     "next near beside between its it is are this that these those some".split()
 )
+# The reference code's list: a, an, the, and, plus ",", "." and "-", which are punctuation here anyway.
+REFERENCE_STOP_WORDS = frozenset("a an the and".split())
+STOP_WORD_SETS = {"attnseg": STOP_WORDS, "reference": REFERENCE_STOP_WORDS}  # MethodConfig.stop_words
 DEFAULT_TEMPLATE = "a photo of {}."
 
 
@@ -62,12 +66,12 @@ def parse_classes(classes: list[str] | str) -> list[ClassSpec]:
     return specs
 
 
-def _content_words(text: str, start: int) -> list[tuple[int, int]]:
+def _content_words(text: str, start: int, stop_words: frozenset[str] = STOP_WORDS) -> list[tuple[int, int]]:
     """Character spans of the words of `text` (placed at `start`) that are neither stop words nor punctuation."""
     spans = []
     for match in re.finditer(r"\S+", text):
         word = match.group().strip(string.punctuation).lower()
-        if word and word not in STOP_WORDS:
+        if word and word not in stop_words:
             spans.append((start + match.start(), start + match.end()))
     return spans
 
@@ -103,13 +107,14 @@ class PromptBuilder:
         # A lone '▁' piece: T5 tokenizers give it the offsets of the next character, so text alone misses it.
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         self.boundary_ids = {vocab["▁"]} if "▁" in vocab else set()
+        self.stop_words = STOP_WORDS
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def _entity_tokens(self, ids, offsets, text: str, span: tuple[int, int], entity: str) -> list[int]:
-        words = _content_words(entity, span[0])
+        words = _content_words(entity, span[0], self.stop_words)
         tokens = []
         for position, (token_id, (s, e)) in enumerate(zip(ids, offsets)):
             if token_id in self.special_ids or token_id in self.boundary_ids or e <= s:
@@ -184,6 +189,14 @@ class PromptBuilder:
             len(ids) + self.position_offset,
         )
         return _with_rest_column(plan, plan.n_tokens)
+
+    def with_stop_words(self, name: str) -> PromptBuilder:
+        """This builder with another stop-word set (STOP_WORD_SETS: 'attnseg' or the reference's)."""
+        if STOP_WORD_SETS[name] is self.stop_words:
+            return self
+        clone = copy.copy(self)
+        clone.stop_words = STOP_WORD_SETS[name]
+        return clone
 
     def build(self, specs: list[ClassSpec], background: list[ClassSpec] | None = None) -> list[PromptPlan]:
         """Greedily pack classes into as few prompts as fit `max_tokens`; background words go in each one."""

@@ -179,7 +179,7 @@ class Segmentor:
             raise BadClassesError(
                 f"{', '.join(sorted(overlap))} named both as a class and as a background word"
             )
-        plans = self.builder.build(specs, self.background)
+        plans = self.builder.with_stop_words(self.config.stop_words).build(specs, self.background)
         keep = max(plan.n_tokens for plan in plans)
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
@@ -234,7 +234,7 @@ class Segmentor:
                 bg = (
                     upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
                 )
-            labels = assign_labels(scores, self.config.tau, bg)
+            labels = assign_labels(scores, self.config.tau, bg, rule=self.config.label_rule)
             meta = {
                 "image": names[i],
                 "image_size": [picture.width, picture.height],
