@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from attnseg.cli import main
-from attnseg.errors import BadCheckpointError, BadConfigError
+from attnseg.errors import BadCheckpointError, BadClassesError, BadConfigError
 from attnseg.segmentor import Segmentor
 
 
@@ -256,3 +256,18 @@ def test_reference_preset_labels_background_words_by_the_offset_rule(tiny_sd, ra
     # pixel background (class maps are >= 0); with it, the pixels where B leads by 0.2 are background.
     assert (assign_labels(result.scores, -0.2, rule="offset") > 0).all()
     assert (result.labels == 0).any() and (result.labels > 0).any()
+
+
+def test_segment_prompt_reads_classes_and_background_words_inside_a_caption(tiny_sd, random_image):
+    seg = Segmentor.from_pretrained(tiny_sd, method="goca-reference", device="cpu")
+    result = seg.segment_prompt(
+        random_image, "a cat on the grass, background.", ["cat", "grass"], ["background"]
+    )
+    assert result.meta["prompts"][0]["text"] == "a cat on the grass, background."
+    assert result.scores.shape == (2, random_image.height, random_image.width)
+    assert result.background is not None and result.background.shape == result.scores.shape[1:]
+    spans = result.meta["prompts"][0]["token_spans"]
+    assert set(spans) == {"cat", "grass", "background"}
+    assert seg.segment_prompt(random_image, "a cat on the grass.", ["cat", "grass"]).background is None
+    with pytest.raises(BadClassesError, match="does not occur in the prompt"):
+        seg.segment_prompt(random_image, "a cat.", ["dog"])

@@ -156,12 +156,15 @@ class PromptBuilder:
         layout = TokenLayout(class_tokens[:n_classes], class_tokens[n_classes:], content, special)
         return PromptPlan(text, list(indices), layout, token_spans, len(ids) + self.position_offset), len(ids)
 
-    def locate(self, text: str, specs: list[ClassSpec]) -> PromptPlan:
-        """Token columns of classes named inside a given prompt (for a pipeline the user runs)."""
+    def locate(
+        self, text: str, specs: list[ClassSpec], background: list[ClassSpec] | None = None
+    ) -> PromptPlan:
+        """Token columns of classes (and background words) named inside a given prompt: a pipeline the user
+        runs, or a caption."""
         ids, offsets = self._tokenize(text)
         lowered = text.lower()
         class_tokens, token_spans = [], {}
-        for spec in specs:
+        for spec in specs + list(background or []):
             groups = []
             for syn in spec.synonyms:
                 match = re.search(r"\b" + re.escape(syn.lower()) + r"\b", lowered)
@@ -181,10 +184,11 @@ class PromptBuilder:
             class_tokens.append(groups)
         content = sorted({p for groups in class_tokens for g in groups for p in g})
         special = [p + self.position_offset for p, t in enumerate(ids) if t in self.special_ids]
+        n = len(specs)
         plan = PromptPlan(
             text,
-            list(range(len(specs))),
-            TokenLayout(class_tokens, [], content, special),
+            list(range(n)),
+            TokenLayout(class_tokens[:n], class_tokens[n:], content, special),
             token_spans,
             len(ids) + self.position_offset,
         )

@@ -191,6 +191,22 @@ class Segmentor:
                 progress(len(batch))
         return results[0] if single else results
 
+    def segment_prompt(
+        self, image, text: str, classes: list[str], background: list[str] | None = None, seed: int = 0
+    ) -> Segmentation:
+        """Segment one image prompted with `text` itself (a caption); each class name and background word must
+        occur in it. The background words' map is Segmentation.background."""
+        pictures, names, _ = self._images(image)
+        specs = parse_classes(classes)
+        words = parse_classes(background) if background else []
+        plan = self.builder.with_stop_words(self.config.stop_words).locate(text, specs, words)
+        if plan.n_tokens > self.builder.max_tokens:
+            raise BadClassesError(
+                f"the prompt {text!r} takes {plan.n_tokens} tokens, more than the text encoder's "
+                f"{self.builder.max_tokens}; shorten it"
+            )
+        return self._segment_batch(pictures, names, specs, [plan], plan.n_tokens, seed)[0]
+
     def _segment_batch(self, pictures, names, specs, plans, keep, seed) -> list[Segmentation]:
         n_img, n_prompt = len(pictures), len(plans)
         times = {}
@@ -260,8 +276,9 @@ class Segmentor:
                 "timings": {k: v / len(pictures) for k, v in times.items()} | {"batch_images": len(pictures)},
                 "memory": peak,
             }
+            merged = bg.amax(0) if bg is not None else None
             results.append(
-                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta)
+                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta, merged)
             )
         return results
 
