@@ -394,7 +394,7 @@ def run_paper(cfg, captions: str | None, segmentor_factory=None) -> dict[str, ob
     mious = [M.miou(grid[k], dataset.num_classes) for k in range(len(taus))]
     best = max(range(len(taus)), key=lambda k: (mious[k] if mious[k] == mious[k] else -1.0, -k))
     sc = M.scores(grid[best], dataset.num_classes)
-    meta = dict(getattr(seg, "config", None).to_dict()) if hasattr(seg, "config") else {}
+    method_settings = seg.config.to_dict() if hasattr(seg, "config") else {}  # a fake segmentor has none
     result = {
         "format": 1,
         "dataset": dataset.name,
@@ -404,7 +404,7 @@ def run_paper(cfg, captions: str | None, segmentor_factory=None) -> dict[str, ob
         "model": str(cfg.model or "default"),
         "method": str(cfg.method),
         "segmentor": cfg.segmentor,
-        "settings": meta,
+        "settings": method_settings,
         "seed": cfg.seed,
         "mIoU": sc["mIoU"],
         "pixel_accuracy": sc["pixel_accuracy"],
