@@ -27,6 +27,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "reference channel 0 (reference code path)": ("goca", ["reference_channel0=true"]),
     "blur on (the paper's σ 1.1 map cells)": ("goca", ["blur=true"]),
     "vanilla": ("vanilla", []),
+    "goca-reference (the published code's every choice)": ("goca-reference", []),
+    "vanilla-reference": ("vanilla-reference", []),
 }
 
 

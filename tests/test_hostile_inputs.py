@@ -93,7 +93,7 @@ HOSTILE = [
     (SEGMENT + ["--set", "tau=abc"], r"tau takes a finite number"),
     (SEGMENT + ["--set", "refine_steps=abc"], r"refine_steps takes a whole number"),
     (SEGMENT + ["--set", "iseg_gamma=abc"], r"iseg_gamma takes a finite number"),
-    (SEGMENT + ["--set", "propagation_layers=abc"], r"propagation_layers takes a whole number, or none"),
+    (SEGMENT + ["--set", "propagation_layers=abc"], r"propagation_layers takes a count"),
     (SEGMENT + ["--set", "head_aggregation=best"], r"head_aggregation='best' is not one of"),
     (SEGMENT + ["--set", "colour=red"], r"unknown method setting 'colour'"),
     (SEGMENT + ["--set", "tau"], r"expected KEY=VALUE"),

@@ -131,3 +131,15 @@ def test_background_words_in_every_prompt(clip_tokenizer):
     )
     assert len(plans) > 1 and all("sky" in p.token_spans for p in plans)
     assert all(len(p.layout.background_tokens) == 1 for p in plans)
+
+
+def test_reference_stop_words_keep_of_and_on_as_content():
+    builder = PromptBuilder(word_level_tokenizer(), 77, template="{}.")
+    specs = parse_classes(["photo of cat"])
+    default = builder.build(specs)[0]
+    reference = builder.with_stop_words("reference").build(specs)[0]
+    assert default.text == reference.text == "photo of cat."
+    # attnseg's list drops 'of'; the reference's (a, an, the, and) keeps it as a content token.
+    assert default.token_spans["photo of cat"] == [1, 3]
+    assert reference.token_spans["photo of cat"] == [1, 2, 3]
+    assert builder.with_stop_words("attnseg") is builder

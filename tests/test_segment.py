@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from attnseg.cli import main
-from attnseg.errors import BadCheckpointError, BadConfigError
+from attnseg.errors import BadCheckpointError, BadClassesError, BadConfigError
 from attnseg.segmentor import Segmentor
 
 
@@ -239,3 +239,36 @@ def test_hub_id_loads_from_the_local_cache_without_network(tiny_sd, tmp_path, mo
     seg = Segmentor.from_pretrained("someone/tiny-sd")
     assert seg.backbone.model_id == "someone/tiny-sd"
     assert seg.segment(random_image, ["cat"]).meta["model"]["model_id"] == "someone/tiny-sd"
+
+
+def test_reference_preset_labels_background_words_by_the_offset_rule(tiny_sd, random_image):
+    from attnseg.method.labels import assign_labels
+
+    seg = Segmentor.from_pretrained(
+        tiny_sd, method="goca-reference", device="cpu", background=["background"], tau=-0.2
+    )
+    result = seg.segment(random_image, ["cat", "grass"])
+    settings = result.meta["settings"]
+    assert settings["label_rule"] == "offset" and settings["propagate_background"]
+    assert settings["stop_words"] == "reference" and settings["reference_channel0"]
+    assert result.meta["prompts"][0]["text"] == "a photo of cat, grass and background."
+    assert result.tau == -0.2
+    # Labels are argmax over [B − 0.2, cat, grass]: without the background word's map B a τ of −0.2 labels no
+    # pixel background (class maps are >= 0); with it, the pixels where B leads by 0.2 are background.
+    assert (assign_labels(result.scores, -0.2, rule="offset") > 0).all()
+    assert (result.labels == 0).any() and (result.labels > 0).any()
+
+
+def test_segment_prompt_reads_classes_and_background_words_inside_a_caption(tiny_sd, random_image):
+    seg = Segmentor.from_pretrained(tiny_sd, method="goca-reference", device="cpu")
+    result = seg.segment_prompt(
+        random_image, "a cat on the grass, background.", ["cat", "grass"], ["background"]
+    )
+    assert result.meta["prompts"][0]["text"] == "a cat on the grass, background."
+    assert result.scores.shape == (2, random_image.height, random_image.width)
+    assert result.background is not None and result.background.shape == result.scores.shape[1:]
+    spans = result.meta["prompts"][0]["token_spans"]
+    assert set(spans) == {"cat", "grass", "background"}
+    assert seg.segment_prompt(random_image, "a cat on the grass.", ["cat", "grass"]).background is None
+    with pytest.raises(BadClassesError, match="does not occur in the prompt"):
+        seg.segment_prompt(random_image, "a cat.", ["dog"])

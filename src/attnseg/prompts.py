@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 from dataclasses import dataclass
@@ -13,6 +14,9 @@ STOP_WORDS = frozenset(
     "a an the and or of on in at to with without by for from into onto over under before after behind "
     "next near beside between its it is are this that these those some".split()
 )
+# The reference code's list: a, an, the, and, plus ",", "." and "-", which are punctuation here anyway.
+REFERENCE_STOP_WORDS = frozenset("a an the and".split())
+STOP_WORD_SETS = {"attnseg": STOP_WORDS, "reference": REFERENCE_STOP_WORDS}  # MethodConfig.stop_words
 DEFAULT_TEMPLATE = "a photo of {}."
 # A tokenizer with fewer words than this is listed whole when it does not know a word (the embedded models').
 SMALL_VOCABULARY = 500
@@ -96,12 +100,12 @@ def parse_classes(classes: list[str] | str) -> list[ClassSpec]:
     return specs
 
 
-def _content_words(text: str, start: int) -> list[tuple[int, int]]:
+def _content_words(text: str, start: int, stop_words: frozenset[str] = STOP_WORDS) -> list[tuple[int, int]]:
     """Character spans of the words of `text` (placed at `start`) that are neither stop words nor punctuation."""
     spans = []
     for match in re.finditer(r"\S+", text):
         word = match.group().strip(string.punctuation).lower()
-        if word and word not in STOP_WORDS:
+        if word and word not in stop_words:
             spans.append((start + match.start(), start + match.end()))
     return spans
 
@@ -142,6 +146,7 @@ class PromptBuilder:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
         self.boundary_ids = {vocab["▁"]} if "▁" in vocab else set()
         self.unk_id = getattr(tokenizer, "unk_token_id", None)
+        self.stop_words = STOP_WORDS
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         # verbose=False: a long prompt is measured here on purpose; the tokenizer's own warning is noise.
@@ -151,7 +156,7 @@ class PromptBuilder:
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def _entity_tokens(self, ids, offsets, text: str, span: tuple[int, int], entity: str) -> list[int]:
-        words = _content_words(entity, span[0])
+        words = _content_words(entity, span[0], self.stop_words)
         tokens = []
         for position, (token_id, (s, e)) in enumerate(zip(ids, offsets)):
             if token_id in self.special_ids or token_id in self.boundary_ids or e <= s:
@@ -236,12 +241,15 @@ class PromptBuilder:
             f"{known}. Name the class with words it knows, or pass --model with a model that knows it"
         )
 
-    def locate(self, text: str, specs: list[ClassSpec]) -> PromptPlan:
-        """Token columns of classes named inside a given prompt (for a pipeline the user runs)."""
+    def locate(
+        self, text: str, specs: list[ClassSpec], background: list[ClassSpec] | None = None
+    ) -> PromptPlan:
+        """Token columns of classes (and background words) named inside a given prompt: a pipeline the user
+        runs, or a caption."""
         ids, offsets = self._tokenize(text)
         lowered = text.lower()
         class_tokens, token_spans = [], {}
-        for spec in specs:
+        for spec in specs + list(background or []):
             groups = []
             for syn in spec.synonyms:
                 match = re.search(r"\b" + re.escape(syn.lower()) + r"\b", lowered)
@@ -261,14 +269,23 @@ class PromptBuilder:
             class_tokens.append(groups)
         content = sorted({p for groups in class_tokens for g in groups for p in g})
         special = [p + self.position_offset for p, t in enumerate(ids) if t in self.special_ids]
+        n = len(specs)
         plan = PromptPlan(
             text,
-            list(range(len(specs))),
-            TokenLayout(class_tokens, [], content, special),
+            list(range(n)),
+            TokenLayout(class_tokens[:n], class_tokens[n:], content, special),
             token_spans,
             len(ids) + self.position_offset,
         )
         return _with_rest_column(plan, plan.n_tokens)
+
+    def with_stop_words(self, name: str) -> PromptBuilder:
+        """This builder with another stop-word set (STOP_WORD_SETS: 'attnseg' or the reference's)."""
+        if STOP_WORD_SETS[name] is self.stop_words:
+            return self
+        clone = copy.copy(self)
+        clone.stop_words = STOP_WORD_SETS[name]
+        return clone
 
     def build(self, specs: list[ClassSpec], background: list[ClassSpec] | None = None) -> list[PromptPlan]:
         """Greedily pack classes into as few prompts as fit `max_tokens`; background words go in each one."""

@@ -42,6 +42,9 @@ class Segmentation:
     tau: float
     image: Image.Image | None = None
     meta: dict = field(default_factory=dict)
+    background: torch.Tensor | None = (
+        None  # H×W map B of the prompt's background words (max over them), if any
+    )
 
     def label_image(self) -> Image.Image:
         """The label map as an indexed PNG image with the palette."""

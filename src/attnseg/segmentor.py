@@ -79,7 +79,7 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def config_for(backbone: Backbone, method: str, **overrides: object) -> MethodConfig:
     """The method's settings for this model: your overrides, then its attnseg.json, then its family preset."""
-    defaults = {"refine_steps": backbone.preset.refine_steps} | backbone.defaults["method"]
+    defaults = backbone.preset.method_defaults() | backbone.defaults["method"]
     return model_method_config(method, defaults, overrides)
 
 
@@ -224,7 +224,7 @@ class Segmentor:
             raise BadClassesError(
                 f"{', '.join(sorted(overlap))} named both as a class and as a background word"
             )
-        return specs, self.builder.build(specs, self.background)
+        return specs, self.builder.with_stop_words(self.config.stop_words).build(specs, self.background)
 
     def segment(self, images, classes: list[str] | str, seed: int = 0, progress=None):
         """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
@@ -303,6 +303,22 @@ class Segmentor:
         }
         return Segmentation(opened.classes, scores, labels, opened.tau, picture, meta)
 
+    def segment_prompt(
+        self, image, text: str, classes: list[str], background: list[str] | None = None, seed: int = 0
+    ) -> Segmentation:
+        """Segment one image prompted with `text` itself (a caption); each class name and background word must
+        occur in it. The background words' map is Segmentation.background."""
+        pictures, names, _ = self._images(image)
+        specs = parse_classes(classes)
+        words = parse_classes(background) if background else []
+        plan = self.builder.with_stop_words(self.config.stop_words).locate(text, specs, words)
+        if plan.n_tokens > self.builder.max_tokens:
+            raise BadClassesError(
+                f"the prompt {text!r} takes {plan.n_tokens} tokens, more than the text encoder's "
+                f"{self.builder.max_tokens}; shorten it"
+            )
+        return self._segment_batch(pictures, names, specs, [plan], plan.n_tokens, seed)[0]
+
     def _segment_batch(self, pictures, names, specs, plans, keep, seed) -> list[Segmentation]:
         n_img, n_prompt = len(pictures), len(plans)
         times = {}
@@ -346,7 +362,7 @@ class Segmentor:
                 bg = (
                     upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
                 )
-            labels = assign_labels(scores, self.config.tau, bg)
+            labels = assign_labels(scores, self.config.tau, bg, rule=self.config.label_rule)
             meta = {
                 "image": names[i],
                 "image_size": [picture.width, picture.height],
@@ -373,8 +389,9 @@ class Segmentor:
                 "timings": {k: v / len(pictures) for k, v in times.items()} | {"batch_images": len(pictures)},
                 "memory": peak,
             }
+            merged = bg.amax(0) if bg is not None else None
             results.append(
-                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta)
+                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta, merged)
             )
         return results
 

@@ -398,3 +398,89 @@ def build_tiny_hunyuandit(folder: str | Path, seed: int = 0) -> Path:
     pipe.save_pretrained(folder, safe_serialization=True)
     _remove_tree(folder / "_tok")
     return folder
+
+
+# -- real block layouts at tiny widths: the module paths of the released models, for plan checks ----------------
+def _layout_denoiser(family: str) -> tuple[str, torch.nn.Module]:
+    """A random denoiser with the released model's block layout (names, counts, levels) and tiny widths."""
+    from diffusers import (
+        FluxTransformer2DModel,
+        HunyuanDiT2DModel,
+        PixArtTransformer2DModel,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(0)
+    if family == "sd":  # SD1.5: attention at the first three levels, 2 layers per down block, 3 per up block
+        return "unet", UNet2DConditionModel(
+            sample_size=64,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            cross_attention_dim=8,
+            attention_head_dim=4,
+            norm_num_groups=4,
+        )
+    if family == "sdxl":  # SDXL: no attention at the first level, 2 and 10 transformer blocks further down
+        return "unet", UNet2DConditionModel(
+            sample_size=128,
+            block_out_channels=(8, 8, 8),
+            layers_per_block=2,
+            transformer_layers_per_block=(1, 2, 10),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=8,
+            attention_head_dim=4,
+            norm_num_groups=4,
+        )
+    if family in ("pixart-alpha", "pixart-sigma"):  # 28 blocks; α at 512 px (64² latent), Σ at 1024 px
+        return "transformer", PixArtTransformer2DModel(
+            num_attention_heads=2,
+            attention_head_dim=4,
+            in_channels=4,
+            out_channels=8,
+            num_layers=28,
+            cross_attention_dim=8,
+            caption_channels=8,
+            sample_size=64 if family == "pixart-alpha" else 128,
+            patch_size=2,
+            norm_num_groups=4,
+        )
+    if family == "flux":  # FLUX.1: 19 double-stream blocks, then 38 single-stream blocks
+        return "transformer", FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=8,
+            pooled_projection_dim=8,
+            axes_dims_rope=(2, 2, 4),
+        )
+    if family == "hunyuandit":  # HunyuanDiT 1.x: 40 blocks
+        return "transformer", HunyuanDiT2DModel(
+            num_attention_heads=2,
+            attention_head_dim=4,
+            in_channels=4,
+            patch_size=2,
+            sample_size=128,
+            hidden_size=8,
+            num_layers=40,
+            cross_attention_dim=8,
+            cross_attention_dim_t5=8,
+            pooled_projection_dim=8,
+            text_len=77,
+            text_len_t5=16,
+        )
+    raise ValueError(f"no released layout for family {family!r}")
+
+
+def layout_backbone(family: str):
+    """A family's adapter around a denoiser of the released model's layout (no text encoder or VAE): for plans."""
+    from attnseg.backbones import FAMILIES
+
+    key, denoiser = _layout_denoiser(family)
+    cls = next(c for c in FAMILIES if c.family == family)
+    return cls({key: denoiser.eval()}, f"layout:{family}", torch.device("cpu"), torch.float32)

@@ -7,6 +7,7 @@ import torch
 from backbone_checks import check_capture_is_transparent, check_token_spans, segment_and_check
 
 from attnseg.backbones import FluxBackbone
+from attnseg.method.config import method_config
 from attnseg.testing import build_tiny_flux
 
 
@@ -25,7 +26,9 @@ def test_flux_segments_end_to_end(tmp_path, guidance):
     assert type(backbone) is FluxBackbone
     assert backbone.preset.native_size == 32 and backbone.preset.sigma == 0.15  # the tiny VAE's sample size
     assert backbone.denoiser.config.guidance_embeds is guidance
-    assert backbone._reference_block() == "single_transformer_blocks.0"  # the middle of 4 blocks
+    assert (
+        backbone._reference_block(method_config("goca")) == "single_transformer_blocks.0"
+    )  # the middle of 4 blocks
     assert backbone.latent_grid(torch.zeros(1, 64, 64)) == (16, 16)  # a packed input (a pipeline's call)
 
     text = result.meta["prompts"][0]["text"]

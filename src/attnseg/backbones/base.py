@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from attnseg.backbones.processors import CaptureAttnProcessor
+from attnseg.errors import BadConfigError
 from attnseg.method.config import MethodConfig
 from attnseg.method.pipeline import CapturedAttention
 from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer
@@ -19,18 +20,71 @@ from attnseg.prompts import DEFAULT_TEMPLATE, PromptBuilder
 
 @dataclass(frozen=True)
 class BackbonePreset:
-    """Per-family defaults: input size, noise level, reference layer, refinement steps (data, not branches)."""
+    """Per-family defaults: input size, noise level, reference layer, refinement steps (data, not branches).
+
+    Layers are named by diffusers module paths, as the reference code's configs name them (METHOD.md's table).
+    A model of another layout (a smaller test or world model) lacks some of them and gets the rules instead.
+    """
 
     native_size: int
     timestep: int = 100  # DDPM-style models: t of num_train_timesteps
     sigma: float | None = None  # flow-matching models: the noise level instead of t
     refine_steps: int = 2
-    propagation_layers: int = 0  # how many of the finest layers (the last ones) propagation averages; 0 = all
-    # (b) The reference feature F. DiTs: the block (forward order) whose feature it is; None, or a model with
-    # fewer blocks: the middle block. UNets: the first cross-attention query of this up level, counting the up
-    # levels that have attention (the last one if there are fewer).
-    reference_block: int | None = None
+    # (b) The reference feature F: the layer whose cross-attention query (FLUX: whose output) it is. Rule when
+    # the model has no such layer: DiTs, the middle block; UNets, the first cross-attention query of up level
+    # `reference_up_level`, counting the up levels that have attention (the last one if there are fewer).
+    reference_layer: str | None = None
     reference_up_level: int = 1
+    # (d) The layers whose self-attention propagation averages (a path selects every layer under it). Rule when
+    # the model lacks any of them: the last `propagation_last` layers of the finest grid (0: all of them).
+    propagation_layers: tuple[str, ...] = ()
+    propagation_last: int = 0
+    # (a) The reference code's head mode for this family (FLUX, HunyuanDiT: a plain mean); None: the method's.
+    head_aggregation: str | None = None
+
+    def method_defaults(self) -> dict[str, object]:
+        """The method settings this family sets (a method preset may keep its own; see PRESET_FIXED)."""
+        defaults: dict[str, object] = {"refine_steps": self.refine_steps}
+        if self.head_aggregation is not None:
+            defaults["head_aggregation"] = self.head_aggregation
+        return defaults
+
+
+def select_layers(paths: tuple[str, ...], layers: list[str], what: str) -> list[str]:
+    """The layers at or under each module path (or holding it: `….attn2` names its block), in forward order.
+
+    A path that selects no layer is an error that lists the layers there are.
+    """
+    chosen = set()
+    for path in paths:
+        hits = [
+            layer
+            for layer in layers
+            if layer == path or layer.startswith(path + ".") or path.startswith(layer + ".")
+        ]
+        if not hits:
+            shown = ", ".join(layers[:8]) + (f", … ({len(layers)} in all)" if len(layers) > 8 else "")
+            raise BadConfigError(f"{what}: this model has no layer at {path!r}; its layers are {shown}")
+        chosen.update(hits)
+    return [layer for layer in layers if layer in chosen]
+
+
+def _preset_layers(paths: tuple[str, ...], layers: list[str]) -> list[str] | None:
+    """The preset's named layers when this model has every one of them, else None (another layout: the rule)."""
+    if not paths:
+        return None
+    try:
+        return select_layers(paths, layers, "preset")
+    except BadConfigError:
+        return None
+
+
+def pick_reference_layer(layers: list[str], config: MethodConfig, preset: BackbonePreset) -> str | None:
+    """The layer named for the reference feature: the user's (which must exist), the preset's, or None (rule)."""
+    if config.reference_layer is not None:
+        return select_layers((config.reference_layer,), layers, "reference_layer")[0]
+    named = _preset_layers((preset.reference_layer,) if preset.reference_layer else (), layers)
+    return named[0] if named else None
 
 
 def shared_noise(latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -55,31 +109,47 @@ def flow_add_noise(latents: torch.Tensor, generator: torch.Generator, sigma: flo
     return (1.0 - sigma) * latents + sigma * shared_noise(latents, generator)
 
 
-def pick_propagation_layers(candidates: list[str], config: MethodConfig, preset: BackbonePreset) -> set[str]:
-    """The last N candidate layers (finest grid, forward order) whose self-attention propagation averages.
+def pick_propagation_layers(
+    candidates: list[str],
+    config: MethodConfig,
+    preset: BackbonePreset,
+    layers: list[str] | None = None,
+) -> set[str]:
+    """The layers whose self-attention propagation averages: named by module path (the user's, else the
+    preset's when this model has them all), or the last N candidate layers (finest grid, forward order).
 
-    Propagation layers cost the most to read (every probability of the finest grid), so N is a preset.
+    layers: every layer a path may name (encoder layers included); default the candidates. Propagation layers
+    cost the most to read (every probability of their grid), so the set is a preset.
     """
     if not config.refines:
         return set()
-    n = preset.propagation_layers if config.propagation_layers is None else config.propagation_layers
+    layers = layers or candidates
+    if config.names_propagation_layers:
+        return set(select_layers(config.propagation_layers, layers, "propagation_layers"))
+    if config.propagation_layers is None:
+        named = _preset_layers(preset.propagation_layers, layers)
+        if named:
+            return set(named)
+    n = preset.propagation_last if config.propagation_layers is None else config.propagation_layers
     return set(candidates[-n:] if n else candidates)
 
 
 def transformer_blocks_plan(
     prefix: str,
     n_blocks: int,
-    reference: int,
     grid: tuple[int, int],
     config: MethodConfig,
     preset: BackbonePreset,
 ) -> CapturePlan:
     """Plan for DiTs whose blocks have a self-attention `attn1` and a cross-attention `attn2` on one token grid.
 
-    Every block's cross-attention is read; the reference is block `reference`'s cross-attention query.
+    Every block's cross-attention is read; the reference is the named block's cross-attention query (or the
+    middle block's).
     """
     score_layers = config.scores_layers
     layers = [f"{prefix}.{index}" for index in range(n_blocks)]
+    named = pick_reference_layer(layers, config, preset)
+    reference = layers.index(named) if named else n_blocks // 2
     propagation = pick_propagation_layers(layers, config, preset)
     plans = {}
     for index, layer in enumerate(layers):
@@ -175,11 +245,6 @@ class Backbone:
         """How much the VAE downsamples (8 when there is no VAE to ask)."""
         vae = self.components.get("vae")
         return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
-
-    def reference_index(self, n_blocks: int) -> int:
-        """The DiT block whose feature is the reference: the preset's, or the middle one."""
-        block = self.preset.reference_block
-        return block if block is not None and n_blocks > block else n_blocks // 2
 
     @classmethod
     def detect(cls, model_index: dict) -> bool:

@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, flow_add_noise, pick_propagation_layers
+from attnseg.backbones.base import (
+    Backbone,
+    BackbonePreset,
+    flow_add_noise,
+    pick_propagation_layers,
+    pick_reference_layer,
+)
 from attnseg.method.config import MethodConfig
 from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
 
@@ -87,9 +93,17 @@ class FluxBackbone(Backbone):
     family = "flux"
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline")
     description = "FLUX.1 DiT (T5 text tokens, CLIP pooled; double- and single-stream joint attention)"
-    # METHOD.md (b): the reference is the output of block 27, counting double-stream then single-stream blocks.
+    # METHOD.md's table, FLUX.1-dev: plain head mean; reference = the output of block 27, counting double-stream
+    # then single-stream blocks (single block 8 of FLUX.1's 19 + 38; the middle block for smaller models);
+    # propagation = blocks 12 and 18 (both double-stream); k = 2.
     default_preset = BackbonePreset(
-        native_size=1024, timestep=150, sigma=0.15, refine_steps=2, reference_block=27
+        native_size=1024,
+        timestep=150,
+        sigma=0.15,
+        refine_steps=2,
+        reference_layer="single_transformer_blocks.8",
+        propagation_layers=("transformer_blocks.12", "transformer_blocks.18"),
+        head_aggregation="mean",
     )
     t5_tokens = 512  # the pipeline's max_sequence_length
 
@@ -176,9 +190,10 @@ class FluxBackbone(Backbone):
         ]
         return double + single
 
-    def _reference_block(self) -> str:
+    def _reference_block(self, config: MethodConfig) -> str:
+        """The block whose image output is F: the named one, or the middle block."""
         blocks = self._blocks()
-        return blocks[self.reference_index(len(blocks))]
+        return pick_reference_layer(blocks, config, self.preset) or blocks[len(blocks) // 2]
 
     def make_processor(self, module_name: str, plan: AttentionPlan, reducer: StreamingReducer):
         block = self.denoiser.get_submodule(module_name.rsplit(".", 1)[0])
@@ -198,6 +213,7 @@ class FluxBackbone(Backbone):
         score_layers = config.scores_layers
         blocks = list(self._blocks())
         propagation = pick_propagation_layers(blocks, config, self.preset)  # one token grid throughout
+        reference = self._reference_block(config) if score_layers else None
         plans = {}
         for layer in blocks:
             plans[f"{layer}.attn"] = AttentionPlan(
@@ -208,7 +224,7 @@ class FluxBackbone(Backbone):
                 text_keys=slice(0, -positions),
                 image_keys=image,
             )
-        return CapturePlan(plans, grid, grid if score_layers else None, propagation)
+        return CapturePlan(plans, grid, grid if score_layers else None, propagation, reference)
 
     @contextlib.contextmanager
     def capturing(self, plan: CapturePlan, reducer: StreamingReducer) -> Iterator[None]:
@@ -225,7 +241,7 @@ class FluxBackbone(Backbone):
                     image = output[1] if isinstance(output, tuple) else output[:, -positions:]
                     reducer.set_reference(image, grid)
 
-                block = self.denoiser.get_submodule(self._reference_block())
+                block = self.denoiser.get_submodule(plan.reference_output)
                 handle = block.register_forward_hook(take_reference)
             try:
                 yield

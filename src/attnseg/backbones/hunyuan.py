@@ -26,9 +26,16 @@ class HunyuanDiTBackbone(Backbone):
     family = "hunyuandit"
     pipeline_classes = ("HunyuanDiTPipeline",)
     description = "HunyuanDiT (bilingual BERT + mT5 text encoders, RoPE attention)"
-    # refine_steps as PixArt, the closest family (one token grid, cross-attention blocks); not tuned.
-    # METHOD.md names no HunyuanDiT reference: the middle block's cross-attention query, as for small PixArts.
-    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=5, reference_block=None)
+    # METHOD.md's table, HunyuanDiT: plain head mean; reference = block 25's cross-attention query (the middle
+    # block for smaller models); propagation = blocks 20–29; k = 4.
+    default_preset = BackbonePreset(
+        native_size=1024,
+        timestep=100,
+        refine_steps=4,
+        reference_layer="blocks.25",
+        propagation_layers=tuple(f"blocks.{i}" for i in range(20, 30)),
+        head_aggregation="mean",
+    )
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -94,6 +101,4 @@ class HunyuanDiTBackbone(Backbone):
         patch = int(self.denoiser.config.patch_size)
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         n_blocks = len(self.denoiser.blocks)
-        return transformer_blocks_plan(
-            "blocks", n_blocks, self.reference_index(n_blocks), grid, config, self.preset
-        )
+        return transformer_blocks_plan("blocks", n_blocks, grid, config, self.preset)

@@ -8,8 +8,15 @@ from attnseg.backbones.base import Backbone, BackbonePreset, ddpm_add_noise, tra
 from attnseg.method.config import MethodConfig
 from attnseg.method.streaming import CapturePlan
 
-# METHOD.md (b): PixArt's reference feature is block 13's query (the middle block for smaller models).
-PRESET = BackbonePreset(native_size=1024, timestep=100, refine_steps=5, reference_block=13)
+# METHOD.md's table, PixArt-α (512 px) and -Σ (1024 px; the size comes from the model): reference = block 13's
+# cross-attention query (the middle block for smaller models); propagation = blocks 10–17; k = 5.
+PRESET = BackbonePreset(
+    native_size=1024,
+    timestep=100,
+    refine_steps=5,
+    reference_layer="transformer_blocks.13",
+    propagation_layers=tuple(f"transformer_blocks.{i}" for i in range(10, 18)),
+)
 
 
 class PixArtAlphaBackbone(Backbone):
@@ -64,8 +71,7 @@ class PixArtAlphaBackbone(Backbone):
         patch = int(self.denoiser.config.patch_size)
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         n_blocks = len(self.denoiser.transformer_blocks)
-        reference = self.reference_index(n_blocks)
-        return transformer_blocks_plan("transformer_blocks", n_blocks, reference, grid, config, self.preset)
+        return transformer_blocks_plan("transformer_blocks", n_blocks, grid, config, self.preset)
 
 
 class PixArtSigmaBackbone(PixArtAlphaBackbone):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnseg.backbones.base import Backbone, BackbonePreset, flow_add_noise, pick_propagation_layers
+from attnseg.backbones.base import (
+    Backbone,
+    BackbonePreset,
+    flow_add_noise,
+    pick_propagation_layers,
+    pick_reference_layer,
+)
 from attnseg.method.config import MethodConfig
 from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
 from attnseg.prompts import DEFAULT_TEMPLATE, PromptBuilder
@@ -87,9 +93,7 @@ class SD3Backbone(Backbone):
     pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
     description = "Stable Diffusion 3 / 3.5 MMDiT (CLIP-L, CLIP-G and optional T5; joint attention)"
     # METHOD.md names no SD3 reference: the middle block's image query, the rule used for small PixArts.
-    default_preset = BackbonePreset(
-        native_size=1024, timestep=150, sigma=0.15, refine_steps=2, reference_block=None
-    )
+    default_preset = BackbonePreset(native_size=1024, timestep=150, sigma=0.15, refine_steps=2)
     t5_tokens = 256  # the pipeline's max_sequence_length
 
     @property
@@ -161,9 +165,10 @@ class SD3Backbone(Backbone):
         grid = (latent_size[0] // patch, latent_size[1] // patch)
         image = slice(0, grid[0] * grid[1])  # the joint sequence is [image, text]
         n_blocks = len(self.denoiser.transformer_blocks)
-        reference = self.reference_index(n_blocks)
         score_layers = config.scores_layers
         layers = [f"transformer_blocks.{index}" for index in range(n_blocks)]
+        named = pick_reference_layer(layers, config, self.preset)
+        reference = layers.index(named) if named else n_blocks // 2
         propagation = pick_propagation_layers(layers, config, self.preset)  # one token grid throughout
         plans = {}
         for index, layer in enumerate(layers):

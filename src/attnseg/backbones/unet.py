@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from attnseg.backbones.base import Backbone, BackbonePreset, pick_propagation_layers
+from attnseg.backbones.base import Backbone, BackbonePreset, pick_propagation_layers, pick_reference_layer
 from attnseg.method.config import MethodConfig
 from attnseg.method.streaming import AttentionPlan, CapturePlan
 
@@ -21,8 +21,21 @@ class UNetBackbone(Backbone):
     family = "sd"
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     description = "Stable Diffusion 1.x/2.x UNet (CLIP text encoder); also the embedded world models"
-    # Reference: the second up level with attention (SD1.5: 32×32 at 512 px; SDXL: 64×64 at 1024 px).
-    default_preset = BackbonePreset(native_size=512, timestep=100, refine_steps=2, reference_up_level=1)
+    # METHOD.md's table, SD1.5: reference = the query of the second attention block of the second up level
+    # with attention (32² at 512 px); propagation = the first two 64² decoder layers and the second 64² encoder
+    # layer. Other layouts (SD2.x-small, world models): the first block of that level, the finest decoder layers.
+    default_preset = BackbonePreset(
+        native_size=512,
+        timestep=100,
+        refine_steps=2,
+        reference_layer="up_blocks.2.attentions.1",
+        reference_up_level=1,
+        propagation_layers=(
+            "up_blocks.3.attentions.0",
+            "up_blocks.3.attentions.1",
+            "down_blocks.0.attentions.1",
+        ),
+    )
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -56,21 +69,26 @@ class UNetBackbone(Backbone):
         if not grids:
             raise RuntimeError("this UNet has no transformer blocks with cross-attention to read")
         map_size = max(grids.values(), key=lambda g: g[0] * g[1])
-        # Reference: the first cross-attention query of the preset's up level among those that have attention.
+        layers = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in grids))
+        # Reference: the named layer's cross-attention query; else the first one of the preset's up level among
+        # those that have attention.
+        named = pick_reference_layer(layers, config, self.preset)
         up_levels = sorted({int(n.split(".")[1]) for n in grids if n.startswith("up_blocks")})
         reference = None
-        if up_levels:
+        if named is not None:
+            reference = f"{named}.attn2"
+        elif up_levels:
             level = up_levels[min(self.preset.reference_up_level, len(up_levels) - 1)]
             reference = f"up_blocks.{level}.attentions.0.transformer_blocks.0.attn2"
         score_layers = config.scores_layers
-        # Propagation candidates: the decoder's layers on the finest grid (the encoder's are only scored, on the
-        # reference grid's query rows); the preset says how many of the last ones to average.
+        # Propagation: the named layers (any, encoder included), else the decoder's layers on the finest grid
+        # (the encoder's are then only scored, on the reference grid's query rows), the last N of them.
         candidates = [
             n.rsplit(".", 1)[0]
             for n, g in grids.items()
             if n.endswith("attn1") and g == map_size and n.startswith("up_blocks")
         ]
-        propagation = pick_propagation_layers(candidates, config, self.preset)
+        propagation = pick_propagation_layers(candidates, config, self.preset, layers)
         plans = {}
         for name in grids:
             layer = name.rsplit(".", 1)[0]
@@ -94,7 +112,24 @@ class SDXLBackbone(UNetBackbone):
     family = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
     description = "Stable Diffusion XL UNet (two CLIP text encoders, added size conditioning)"
-    default_preset = BackbonePreset(native_size=1024, timestep=100, refine_steps=2, reference_up_level=1)
+    # METHOD.md's table, SDXL: reference = the first block of the first up level (64² at 1024 px); propagation =
+    # the 64² decoder blocks named below and the first 64² encoder layer's two blocks.
+    default_preset = BackbonePreset(
+        native_size=1024,
+        timestep=100,
+        refine_steps=2,
+        reference_layer="up_blocks.1.attentions.0.transformer_blocks.0",
+        reference_up_level=1,
+        propagation_layers=(
+            "up_blocks.1.attentions.0.transformer_blocks.0",
+            "up_blocks.1.attentions.0.transformer_blocks.1",
+            "up_blocks.1.attentions.1.transformer_blocks.0",
+            "up_blocks.1.attentions.1.transformer_blocks.1",
+            "up_blocks.1.attentions.2.transformer_blocks.0",
+            "down_blocks.1.attentions.0.transformer_blocks.0",
+            "down_blocks.1.attentions.0.transformer_blocks.1",
+        ),
+    )
 
     def encode_text(self, prompts: list[str]) -> dict:
         states, pooled = [], None

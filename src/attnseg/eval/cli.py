@@ -18,6 +18,7 @@ from attnseg.eval.protocols import (
     PROTOCOLS,
     TAU_MODES,
     parse_grid,
+    run_paper,
 )
 
 
@@ -56,8 +57,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--protocol",
         default="oracle-tags",
-        choices=PROTOCOLS,
-        help="oracle-tags: prompt with the GT's classes (the paper); open: prompt with every class",
+        choices=(*PROTOCOLS, "paper"),
+        help="oracle-tags: prompt with the GT's classes; open: prompt with every class; paper: the reference "
+        "code's protocol (captions, offset rule, τ swept on the scored images: an oracle; needs --captions)",
+    )
+    g.add_argument(
+        "--captions",
+        default=None,
+        metavar="FILE",
+        help="--protocol paper: a JSON file of one caption per image ({image id: caption}, or with entities)",
     )
     g.add_argument(
         "--tau", type=float, default=None, help="fixed background threshold τ (default: the segmentor's own)"
@@ -139,6 +147,14 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     # A run folder is resumed where it holds a run (config.json); a folder of anything else is refused.
     check_output_folder(args.out, recognise=lambda f: (f / "config.json").is_file(), offer_overwrite=False)
+    if args.protocol == "paper":
+        m = run_paper(config_from_args(args, getattr(args, "argv", None)), args.captions)
+        print(
+            f"{m['title']} {m['split']}: mIoU {100 * m['mIoU']:.2f}  pixel acc {100 * m['pixel_accuracy']:.2f}  "
+            f"[paper protocol (oracle), best τ={m['tau']:g} of the sweep; {m['counts']['images']} images]"
+        )
+        print(f"wrote {args.out}/metrics.json")
+        return 0
     m = run_eval(config_from_args(args, getattr(args, "argv", None)))
     if m["counts"]["processes"] > 1 and _rank() != 0:
         return 0

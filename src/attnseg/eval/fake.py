@@ -37,6 +37,7 @@ class FakeSegmentation:
     labels: torch.Tensor  # H×W int64, 0 = background
     tau: float
     meta: dict[str, Any] = field(default_factory=dict)
+    background: torch.Tensor | None = None  # H×W background-word map (zeros here), when words were given
 
 
 class ColorKeySegmentor:
@@ -51,6 +52,7 @@ class ColorKeySegmentor:
         self.swap = dict(swap or {})
         self.delay = float(delay)
         self.calls: list[tuple[int, list[str]]] = []  # (images, classes) of every segment call
+        self.prompts: list[str] = []  # the prompt of every segment_prompt call
 
     def segment(self, images: Image.Image | list[Image.Image], classes: list[str], seed: int = 0) -> Any:
         """One FakeSegmentation per image (a list for a list), like attnseg.Segmentor.segment."""
@@ -59,6 +61,21 @@ class ColorKeySegmentor:
         self.calls.append((len(batch), list(classes)))
         out = [self._one(im, classes, seed) for im in batch]
         return out[0] if single else out
+
+    def segment_prompt(
+        self,
+        image: Image.Image,
+        text: str,
+        classes: list[str],
+        background: list[str] | None = None,
+        seed: int = 0,
+    ) -> FakeSegmentation:
+        """Like attnseg.Segmentor.segment_prompt: classes scored by colour key, background words score 0."""
+        self.prompts.append(text)
+        result = self.segment(image, classes, seed)
+        if background:
+            result.background = torch.zeros(result.scores.shape[1:])
+        return result
 
     def _one(self, image: Image.Image, classes: list[str], seed: int) -> FakeSegmentation:
         """Score one image."""

@@ -107,6 +107,11 @@ def table(runs: Sequence[dict[str, Any]]) -> str:
         notes.append(
             "oracle-tags: each image is prompted only with the classes present in its ground truth (an oracle, as in the paper)."
         )
+    if any(r["protocol"]["name"] == "paper" for r in runs):
+        notes.append(
+            "paper: the reference code's protocol, an oracle: a caption per image matched to its ground-truth "
+            "classes (missed ones appended), background = B + τ, τ swept on the scored images."
+        )
     if any(r["protocol"]["name"] == "open" for r in runs):
         notes.append("open: each image is prompted with every class of the data set.")
     if any(r["protocol"].get("presence") == "on" for r in runs):

@@ -7,18 +7,22 @@ import torch.nn.functional as F
 
 
 def assign_labels(
-    scores_khw: torch.Tensor, tau: float, background_khw: torch.Tensor | None = None
+    scores_khw: torch.Tensor,
+    tau: float,
+    background_khw: torch.Tensor | None = None,
+    rule: str = "max",
 ) -> torch.Tensor:
-    """H×W int64 labels: 0 = background (max of tau and any background-word maps), k+1 = class k.
+    """H×W int64 labels: 0 = background, k+1 = class k; ties go to the lower index (background first).
 
-    Works on a single image (K×H×W) or a batch (B×K×H×W).
+    The background score is τ without background maps; with them (B = their max), max(τ, B) under the 'max'
+    rule or B + τ under 'offset' (the reference code's data-set rule). Works on K×H×W or a batch B×K×H×W.
     """
     batched = scores_khw.dim() == 4
     scores = scores_khw if batched else scores_khw.unsqueeze(0)
     bg = torch.full_like(scores[:, :1], float(tau))
     if background_khw is not None and background_khw.numel():
-        extra = background_khw if batched else background_khw.unsqueeze(0)
-        bg = torch.maximum(bg, extra.to(bg).amax(1, keepdim=True))
+        extra = (background_khw if batched else background_khw.unsqueeze(0)).to(bg).amax(1, keepdim=True)
+        bg = extra + float(tau) if rule == "offset" else torch.maximum(bg, extra)
     labels = torch.cat([bg, scores], 1).argmax(1)
     return labels if batched else labels[0]
 

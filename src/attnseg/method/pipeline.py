@@ -55,9 +55,10 @@ class MethodOutput:
     """Class maps in [0, 1] on the map grid, background-word maps, and what the method decided."""
 
     class_maps: torch.Tensor  # B×K×h×w
-    background_maps: torch.Tensor  # B×Kb×h×w
+    background_maps: torch.Tensor  # B×Kb×h×w (propagate_background: one merged channel, or none)
     layer_weights: torch.Tensor  # B×L
     special_token_mass: torch.Tensor  # B, mean share of attention on special tokens
+    steps: dict[str, torch.Tensor] = field(default_factory=dict)  # intermediates, when asked for
 
 
 def _layer_weights(captured: CapturedAttention, config: MethodConfig, batch: int) -> torch.Tensor:
@@ -81,8 +82,13 @@ def _refine(maps: torch.Tensor, captured: CapturedAttention, config: MethodConfi
     return propagate(maps, captured.affinity, config.refine_steps)
 
 
-def run_method(captured: CapturedAttention, layout: TokenLayout, config: MethodConfig) -> MethodOutput:
-    """Weigh layers, rescale and refine one capture under one token layout (heads were aggregated in the capture)."""
+def run_method(
+    captured: CapturedAttention, layout: TokenLayout, config: MethodConfig, keep_steps: bool = False
+) -> MethodOutput:
+    """Weigh layers, rescale and refine one capture under one token layout (heads were aggregated in the capture).
+
+    keep_steps: MethodOutput.steps holds every intermediate (token maps … merged), to check against a reference.
+    """
     if captured.head_aggregation != config.head_aggregation:
         raise BadConfigError(
             f"the capture aggregated heads by {captured.head_aggregation!r} but the method asks for "
@@ -101,10 +107,30 @@ def run_method(captured: CapturedAttention, layout: TokenLayout, config: MethodC
     n_classes = len(layout.class_tokens)
     if config.refine_order == "before_rescale" and config.refines:
         attn = _refine(attn, captured, config)
+    steps: dict[str, torch.Tensor] = {"token_maps": attn} if keep_steps else {}
     scores = rescale_scores(
-        attn, entities, layout.content_tokens, per_pixel=config.rescales_per_pixel, blur=config.blur
+        attn,
+        entities,
+        layout.content_tokens,
+        per_pixel=config.rescales_per_pixel,
+        blur=config.blur,
+        pooling=config.name_pooling,
+        steps=steps if keep_steps else None,
     )
+    steps["rescaled"] = scores
     class_maps, background_maps = scores[:, :n_classes], scores[:, n_classes:]
+    if config.propagate_background and background_maps.shape[1]:
+        # The reference merges the background words (max over words) and refines that map with the classes.
+        background_maps = background_maps.amax(1, keepdim=True)
+    merged = torch.cat([class_maps, background_maps], 1)
+    steps["merged"] = merged
     if config.refine_order == "after_rescale":
-        class_maps = _refine(class_maps, captured, config)  # background words stay out of propagation
-    return MethodOutput(class_maps, background_maps, weights, special)
+        if config.propagate_background:
+            merged = _refine(merged, captured, config)
+            class_maps, background_maps = merged[:, :n_classes], merged[:, n_classes:]
+        else:
+            class_maps = _refine(class_maps, captured, config)  # background words stay out of propagation
+    steps["final_maps"] = torch.cat([class_maps, background_maps], 1)
+    if not keep_steps:
+        steps = {}
+    return MethodOutput(class_maps, background_maps, weights, special, steps)

@@ -6,13 +6,19 @@ import torch
 import torch.nn.functional as F
 
 
-def class_maps(attn_bnhw: torch.Tensor, class_tokens: list[list[list[int]]]) -> torch.Tensor:
-    """X_c = mean of the class's tokens; with synonyms, the max over synonyms. B×K×h×w.
+def class_maps(
+    attn_bnhw: torch.Tensor, class_tokens: list[list[list[int]]], pooling: str = "max"
+) -> torch.Tensor:
+    """X_c = mean of the class's tokens; with synonyms, the max over synonyms ('max') or the mean over all the
+    synonyms' tokens ('mean', the reference code's). B×K×h×w.
 
     class_tokens[k] is a list of synonyms, each a list of token columns of attn_bnhw.
     """
     out = []
     for synonyms in class_tokens:
+        if pooling == "mean":
+            out.append(attn_bnhw[:, [c for cols in synonyms for c in cols]].mean(1))
+            continue
         per_syn = torch.stack([attn_bnhw[:, cols].mean(1) for cols in synonyms], 0)
         out.append(per_syn.max(0).values)
     return torch.stack(out, 1)
@@ -51,16 +57,26 @@ def rescale_scores(
     content_tokens: list[int],
     per_pixel: bool,
     blur: bool = True,
+    pooling: str = "max",
+    steps: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Token maps → class maps in [0, 1]: Y_c = X_c / Z (if per_pixel), blur, min-max. B×K×h×w."""
-    maps = class_maps(attn_bnhw, class_tokens)
+    """Token maps → class maps in [0, 1]: Y_c = X_c / Z (if per_pixel), blur, min-max. B×K×h×w.
+
+    steps: if given, receives each intermediate (entity_maps, content_sum, divided, blurred), for checks.
+    """
+    maps = class_maps(attn_bnhw, class_tokens, pooling)
     own = {c for synonyms in class_tokens[:1] for cols in synonyms for c in cols}
     if len(class_tokens) == 1 and set(content_tokens) <= own:
         # A lone class with no other word to compete with: X / Z is 1 everywhere and min-max would turn it
         # into 0, so its map is the plain token map (the vanilla score) instead.
         per_pixel = False
+    record = steps if steps is not None else {}
+    record["entity_maps"] = maps
+    record["content_sum"] = content_sum(attn_bnhw, content_tokens)
     if per_pixel:
-        maps = maps / content_sum(attn_bnhw, content_tokens).clamp_min(1e-12)
+        maps = maps / record["content_sum"].clamp_min(1e-12)
+        record["divided"] = maps
     if blur:
         maps = gaussian_blur(maps)
+    record["blurred"] = maps
     return minmax(maps)

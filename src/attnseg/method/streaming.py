@@ -64,6 +64,7 @@ class CapturePlan:
     map_size: tuple[int, int]
     reference_grid: tuple[int, int] | None
     propagation_layers: set[str] = field(default_factory=set)
+    reference_output: str | None = None  # a module whose output is F (FLUX: a block), hooked by the backbone
 
 
 class StreamingReducer:
