@@ -8,6 +8,7 @@ that is not scored), or `test-oracle` (swept on the scored split: the paper's ch
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -425,7 +426,20 @@ def run_paper(cfg, captions: str | None, segmentor_factory=None) -> dict[str, ob
         "counts": {"images": len(samples), "images_in_split": len(dataset.samples), "pixels": sc["pixels"]},
         "versions": versions(),
     }
+    from attnseg.eval.runner import FORMAT  # runner imports this module: a local import keeps one direction
+
+    settings_json = json.loads(json.dumps(asdict(cfg)))
     with output_folder(Path(cfg.out).expanduser()) as stage:
+        # config.json, as every run folder has: `attnseg report` recognises the run by it
+        atomic_write_json(
+            stage / "config.json",
+            {
+                "format": FORMAT,
+                "identity": cfg.identity(),
+                "settings": settings_json,
+                "captions": str(captions),
+            },
+        )
         atomic_write_json(stage / "prompts.json", prompts)
         atomic_write_json(stage / "metrics.json", result)
     return result
