@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ from attnseg.errors import BadClassesError, BadConfigError
 from attnseg.io import DEFAULT_MAX_PIXELS, load_image, prepare_image
 from attnseg.method.config import MethodConfig, method_config, model_method_config
 from attnseg.method.labels import assign_labels, upsample
-from attnseg.method.pipeline import run_method
-from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
+from attnseg.method.pipeline import MethodOutput, run_method
+from attnseg.prompts import DEFAULT_TEMPLATE, ClassSpec, PromptPlan, parse_classes, with_rest_column
 from attnseg.segmentation import Segmentation
 
 DTYPES = {
@@ -171,6 +172,32 @@ class Segmentor:
     def segment(self, images, classes: list[str] | str, seed: int = 0, progress=None):
         """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
         pictures, names, single = self._images(images)
+        job = self._prompts_for(classes)
+        results = self._run(pictures, names, [job] * len(pictures), seed, progress)
+        return results[0] if single else results
+
+    def segment_each(
+        self, images, classes_per_image: list[list[str] | str], seed: int = 0, progress=None
+    ) -> list[Segmentation]:
+        """Segment each image of a list with its own class list; images still share batched forwards.
+
+        The same as calling `segment(image, classes)` image by image (up to float rounding), only faster.
+        """
+        pictures, names, _ = self._images(list(images))
+        if len(classes_per_image) != len(pictures):
+            raise BadClassesError(
+                f"{len(classes_per_image)} class lists for {len(pictures)} images: give one list per image"
+            )
+        jobs: dict[tuple, _Prompts] = {}
+        for classes in classes_per_image:
+            key = (classes,) if isinstance(classes, str) else tuple(classes)
+            if key not in jobs:
+                jobs[key] = self._prompts_for(classes)
+        per_image = [jobs[(c,) if isinstance(c, str) else tuple(c)] for c in classes_per_image]
+        return self._run(pictures, names, per_image, seed, progress)
+
+    def _prompts_for(self, classes: list[str] | str) -> _Prompts:
+        """Check a class list and pack it into prompts."""
         specs = parse_classes(classes)
         overlap = {s.lower() for c in specs for s in c.synonyms} & {
             s.lower() for b in self.background for s in b.synonyms
@@ -179,61 +206,70 @@ class Segmentor:
             raise BadClassesError(
                 f"{', '.join(sorted(overlap))} named both as a class and as a background word"
             )
-        plans = self.builder.build(specs, self.background)
-        keep = max(plan.n_tokens for plan in plans)
+        return _Prompts(specs, self.builder.build(specs, self.background))
+
+    def _run(self, pictures, names, jobs: list[_Prompts], seed: int, progress) -> list[Segmentation]:
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
-            batch = pictures[start : start + self.batch_size]
+            stop = min(len(pictures), start + self.batch_size)
             results.extend(
-                self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed)
+                self._segment_batch(pictures[start:stop], names[start:stop], jobs[start:stop], seed)
             )
             if progress is not None:
-                progress(len(batch))
-        return results[0] if single else results
+                progress(stop - start)
+        return results
 
-    def _segment_batch(self, pictures, names, specs, plans, keep, seed) -> list[Segmentation]:
-        n_img, n_prompt = len(pictures), len(plans)
+    def _segment_batch(self, pictures, names, jobs: list[_Prompts], seed) -> list[Segmentation]:
+        """One denoiser forward for every (image, prompt) row of a batch; each image is encoded once."""
+        keep = max(plan.n_tokens for job in jobs for plan in job.plans)  # kept columns, shared by every row
+        image_rows = [i for i, job in enumerate(jobs) for _ in job.plans]  # rows: image-major, prompt-minor
+        prompts = [plan.text for job in jobs for plan in job.plans]
         times = {}
         t0 = time.perf_counter()
-        pixels = self._pixels(pictures).repeat_interleave(n_prompt, 0)  # rows: image-major, prompt-minor
-        prompts = [plan.text for _ in pictures for plan in plans]
         generator = torch.Generator().manual_seed(seed)
         if self.backbone.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.backbone.device)
-        captured, capture_bytes = self.backbone.capture(pixels, prompts, keep, self.config, generator)
+        captured, capture_bytes = self.backbone.capture(
+            self._pixels(pictures), prompts, keep, self.config, generator, image_rows=image_rows
+        )
         times["forward_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        class_maps = [[None] * len(specs) for _ in pictures]
-        background_maps: list[list[torch.Tensor]] = [[] for _ in pictures]
-        diagnostics = []
-        for j, plan in enumerate(plans):
-            rows = [i * n_prompt + j for i in range(n_img)]
-            out = run_method(captured.rows(rows), plan.layout, self.config)
-            diagnostics.append(
-                {
-                    "prompt": plan.text,
-                    "layer_weights": out.layer_weights.mean(0).tolist(),
-                    "special_token_mass": float(out.special_token_mass.mean()),
-                }
-            )
-            for i in range(n_img):
-                for local, k in enumerate(plan.class_indices):
-                    class_maps[i][k] = out.class_maps[i, local]
-                if out.background_maps.shape[1]:
-                    background_maps[i].append(out.background_maps[i])
+        # Rows that share a prompt (the same class list on several images) run the method together.
+        groups: dict[str, list[int]] = {}
+        for row, text in enumerate(prompts):
+            groups.setdefault(text, []).append(row)
+        plan_of = {plan.text: with_rest_column(plan, keep) for job in jobs for plan in job.plans}
+        outputs: dict[int, tuple[MethodOutput, int]] = {}
+        for text, rows in groups.items():
+            out = run_method(captured.rows(rows), plan_of[text].layout, self.config)
+            outputs.update({row: (out, local) for local, row in enumerate(rows)})
         times["method_s"] = time.perf_counter() - t1
         peak = {"capture_store_bytes": capture_bytes, "process_peak_rss_bytes": _peak_rss_bytes()}
         if self.backbone.device.type == "cuda":
             peak["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.backbone.device))
-        results = []
-        for i, picture in enumerate(pictures):
-            size = (picture.height, picture.width)
-            scores = upsample(torch.stack(class_maps[i])[None].float(), size)[0].clamp(0, 1).cpu()
-            bg = None
-            if background_maps[i]:
-                bg = (
-                    upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
+        results, row = [], 0
+        for i, (picture, job) in enumerate(zip(pictures, jobs)):
+            class_maps: list[torch.Tensor | None] = [None] * len(job.specs)
+            background_maps, diagnostics = [], []
+            for plan in job.plans:
+                out, local = outputs[row]
+                row += 1
+                diagnostics.append(
+                    {
+                        "prompt": plan.text,
+                        "layer_weights": out.layer_weights[local].tolist(),
+                        "special_token_mass": float(out.special_token_mass[local]),
+                    }
                 )
+                for index, k in enumerate(plan.class_indices):
+                    class_maps[k] = out.class_maps[local, index]
+                if out.background_maps.shape[1]:
+                    background_maps.append(out.background_maps[local])
+            size = (picture.height, picture.width)
+            scores = upsample(torch.stack(class_maps)[None].float(), size)[0].clamp(0, 1).cpu()
+            bg = None
+            if background_maps:
+                bg = upsample(torch.stack(background_maps).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
             labels = assign_labels(scores, self.config.tau, bg)
             meta = {
                 "image": names[i],
@@ -248,22 +284,31 @@ class Segmentor:
                 "prompts": [
                     {
                         "text": p.text,
-                        "classes": [specs[k].name for k in p.class_indices],
+                        "classes": [job.specs[k].name for k in p.class_indices],
                         "token_spans": p.token_spans,
                     }
-                    for p in plans
+                    for p in job.plans
                 ],
-                "split_into_prompts": len(plans) > 1,
+                "split_into_prompts": len(job.plans) > 1,
                 "background_words": [b.name for b in self.background],
                 "layers": captured.layer_names,
                 "diagnostics": diagnostics,
-                "timings": {k: v / len(pictures) for k, v in times.items()} | {"batch_images": len(pictures)},
+                "timings": {k: v / len(pictures) for k, v in times.items()}
+                | {"batch_images": len(pictures), "batch_rows": len(prompts)},
                 "memory": peak,
             }
             results.append(
-                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta)
+                Segmentation([s.name for s in job.specs], scores, labels, self.config.tau, picture, meta)
             )
         return results
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """A checked class list and the prompts it is packed into."""
+
+    specs: list[ClassSpec]
+    plans: list[PromptPlan]
 
 
 def default_output_name(name: str, index: int) -> str:
