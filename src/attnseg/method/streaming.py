@@ -84,7 +84,10 @@ class StreamingReducer:
         self.grids: dict[str, tuple[int, int]] = {}
         self.cross: dict[str, torch.Tensor] = {}  # layer → B×P_l×(T+1), heads aggregated the config's way
         self.scores: dict[str, torch.Tensor] = {}
-        self.pending: dict[str, torch.Tensor] = {}  # layer → self-attention on the reference grid, awaiting R
+        # layer → its head-mean self-attention awaiting R: on the reference grid, or on its own grids where
+        # that is smaller; pending_grids holds (key grid, query grid) of each.
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_grids: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
         self.reference: torch.Tensor | None = None  # B×P_r×P_r
         self.affinity_sum: torch.Tensor | None = None
         self.affinity_count = 0
@@ -180,17 +183,27 @@ class StreamingReducer:
             self._propagated.add(layer)
             self.affinity_count = len(self._propagated)
         if self.reference_grid is not None:
-            picked, on_ref = resize_self_attention_rows(
-                attn_bqk, rows, grid, self.reference_grid, renormalize, query_grid
-            )
-            if self.reference is not None:
-                part = layer_similarity(self.reference[:, picked], on_ref)
-                self.scores[layer] = part if layer not in self.scores else self.scores[layer] + part
-            else:
+            n_ref = self.reference_grid[0] * self.reference_grid[1]
+            n_query, n_key = query_grid[0] * query_grid[1], grid[0] * grid[1]
+            if self.reference is None and n_query * n_key <= n_ref * n_ref:
+                # A layer coarser than the reference grid waits at its own size (SDXL: a 32² layer is 16×
+                # smaller than on the 64² grid) and is resized when R comes: the same numbers, later.
                 if layer not in self.pending:
-                    positions = self.reference_grid[0] * self.reference_grid[1]
-                    self.pending[layer] = on_ref.new_zeros(batch, positions, positions)
-                self.pending[layer][:, picked] = on_ref
+                    self.pending[layer] = attn_bqk.new_zeros(batch, n_query, n_key)
+                    self.pending_grids[layer] = (tuple(grid), query_grid)
+                self.pending[layer][:, rows] = attn_bqk
+            else:
+                picked, on_ref = resize_self_attention_rows(
+                    attn_bqk, rows, grid, self.reference_grid, renormalize, query_grid
+                )
+                if self.reference is not None:
+                    part = layer_similarity(self.reference[:, picked], on_ref)
+                    self.scores[layer] = part if layer not in self.scores else self.scores[layer] + part
+                else:
+                    if layer not in self.pending:
+                        self.pending[layer] = on_ref.new_zeros(batch, n_ref, n_ref)
+                        self.pending_grids[layer] = (tuple(self.reference_grid),) * 2
+                    self.pending[layer][:, picked] = on_ref
         self._track()
 
     def track_transient(self, *tensors: torch.Tensor) -> None:
@@ -201,13 +214,18 @@ class StreamingReducer:
         """(b) Take the reference feature F and score the layers that were waiting for it."""
         if self.reference is not None:
             return
-        expected, self.reference_grid = self.reference_grid, grid
+        self.reference_grid = tuple(
+            grid
+        )  # the preset's guess, if it differs, gives way to the feature's grid
         self.reference = reference_affinity(feature_bpc, self.config.reference_channel0)
-        for layer, on_ref in self.pending.items():
-            if expected is not None and tuple(expected) != tuple(grid):  # the preset guessed another grid
-                on_ref = resize_self_attention(on_ref, expected, grid, self.config.renormalize_resized_rows)
+        for layer, waiting in self.pending.items():
+            key_grid, query_grid = self.pending_grids[layer]
+            on_ref = resize_self_attention(
+                waiting, key_grid, self.reference_grid, self.config.renormalize_resized_rows, query_grid
+            )
             self.scores[layer] = layer_similarity(self.reference, on_ref)
         self.pending.clear()
+        self.pending_grids.clear()
         self._track()
 
     def finish(self) -> CapturedAttention:
