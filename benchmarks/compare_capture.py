@@ -393,6 +393,7 @@ def _child(args, mode: str, out: str, folder: str | None) -> dict:
         )
     # A fixed mmap threshold: freed tensors go back to the kernel at once, so RSS follows live memory.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if baseline:  # another attnseg source tree (e.g. `git archive` of an older commit), same everything else
         env["PYTHONPATH"] = str(Path(args.baseline) / "src")
         cmd[cmd.index(out)] = str(Path(out) / "baseline")
@@ -426,6 +427,9 @@ def main() -> None:
         "--baseline", default=None, help="an older attnseg tree: adds 'attnseg@baseline', run from DIR/src"
     )
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads per child (1: stable on a shared, loaded machine)"
+    )
     args = parser.parse_args()
     if args._child:
         mode, out = args._child
