@@ -222,13 +222,15 @@ def pipeline_child(model: str, mode: str, device: str, dtype: str | None, warmup
     # time on the runs after it.
     watch_forward(backbone, peak, record)
     base = peak.start()
+    start = time.perf_counter()
     result = run()
+    first = time.perf_counter() - start
     record["run_bytes"] = peak.peak() - base
     record["stored_bytes"] = store.bytes
     store.events.clear()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = []
-    for _ in range(max(1, warmup)):
+    times = [] if warmup else [first]  # --warmup 0: the measured run is the timed one (cold)
+    for _ in range(warmup):
         start = time.perf_counter()
         run()
         sync()
