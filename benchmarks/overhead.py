@@ -33,8 +33,11 @@ TINY_UNET = dict(
 )
 
 
-def build(folder: Path, family: str) -> None:
-    """Write a random-weight model of the family's real size (sd15) or a tiny one (tiny) to `folder`."""
+def build(folder: Path, family: str, tokenizer=None) -> None:
+    """Write a random-weight model of the family's real size (sd15) or a tiny one (tiny) to `folder`.
+
+    tokenizer: a fast tokenizer to ship instead of the letter-level one (the text encoder follows its size).
+    """
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -43,7 +46,7 @@ def build(folder: Path, family: str) -> None:
 
     torch.manual_seed(0)
     big = family == "sd15"
-    tokenizer = tiny_clip_tokenizer(folder / "_tok")
+    tokenizer = tokenizer or tiny_clip_tokenizer(folder / "_tok")
     hidden = 768 if big else 32
     text = CLIPTextModel(
         CLIPTextConfig(

@@ -277,7 +277,7 @@ class PromptBuilder:
             token_spans,
             len(ids) + self.position_offset,
         )
-        return _with_rest_column(plan, plan.n_tokens)
+        return with_rest_column(plan, plan.n_tokens)
 
     def with_stop_words(self, name: str) -> PromptBuilder:
         """This builder with another stop-word set (STOP_WORD_SETS: 'attnseg' or the reference's)."""
@@ -310,10 +310,10 @@ class PromptBuilder:
             current = [index]
         plans.append(self._plan(specs, current, background)[0])
         keep = max(plan.n_tokens for plan in plans)
-        return [_with_rest_column(plan, keep) for plan in plans]
+        return [with_rest_column(plan, keep) for plan in plans]
 
 
-def _with_rest_column(plan: PromptPlan, keep: int) -> PromptPlan:
+def with_rest_column(plan: PromptPlan, keep: int) -> PromptPlan:
     """Mark the rest column (index `keep`, the sum of all tokens past the kept ones) as special."""
     layout = plan.layout
     padding = range(plan.n_tokens, keep)  # pads of a shorter prompt sit inside the kept columns

@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ from attnseg.errors import BadClassesError, BadConfigError
 from attnseg.io import DEFAULT_MAX_PIXELS, check_memory, load_image, prepare_image
 from attnseg.method.config import MethodConfig, method_config, model_method_config
 from attnseg.method.labels import assign_labels, upsample
-from attnseg.method.pipeline import run_method
+from attnseg.method.pipeline import MethodOutput, run_method
 from attnseg.method.presence import PresenceConfig, presence_config
-from attnseg.prompts import DEFAULT_TEMPLATE, parse_classes
+from attnseg.prompts import DEFAULT_TEMPLATE, ClassSpec, PromptPlan, parse_classes, with_rest_column
 from attnseg.segmentation import Segmentation
 
 WORLD_IMAGE_SIZE = 64  # the embedded world models' scenes (docs/WORLD.md)
@@ -214,7 +215,7 @@ class Segmentor:
         return pixels.to(self.backbone.device)
 
     # -- the work ---------------------------------------------------------------------------------------
-    def plan(self, classes: list[str] | str):
+    def plan(self, classes: list[str] | str) -> _Prompts:
         """The class specs and the prompts that name them; raises on a class list this model cannot take."""
         specs = parse_classes(classes)
         overlap = {s.lower() for c in specs for s in c.synonyms} & {
@@ -224,32 +225,60 @@ class Segmentor:
             raise BadClassesError(
                 f"{', '.join(sorted(overlap))} named both as a class and as a background word"
             )
-        return specs, self.builder.with_stop_words(self.config.stop_words).build(specs, self.background)
+        return _Prompts(
+            specs, self.builder.with_stop_words(self.config.stop_words).build(specs, self.background)
+        )
 
     def segment(self, images, classes: list[str] | str, seed: int = 0, progress=None):
         """Segment one image (PIL or path) or a list; returns one Segmentation or a list of them."""
         pictures, names, single = self._images(images)
-        specs, plans = self.plan(classes)
-        check_memory([(n, im.width, im.height) for n, im in zip(names, pictures)], len(specs))
-        keep = max(plan.n_tokens for plan in plans)
+        job = self.plan(classes)
+        check_memory([(n, im.width, im.height) for n, im in zip(names, pictures)], len(job.specs))
+        results = self._run(pictures, names, [job] * len(pictures), seed, progress)
+        return results[0] if single else results
+
+    def segment_each(
+        self, images, classes_per_image: list[list[str] | str], seed: int = 0, progress=None
+    ) -> list[Segmentation]:
+        """Segment each image of a list with its own class list; images still share batched forwards.
+
+        The same as calling `segment(image, classes)` image by image (up to float rounding), only faster.
+        """
+        pictures, names, _ = self._images(list(images))
+        if len(classes_per_image) != len(pictures):
+            raise BadClassesError(
+                f"{len(classes_per_image)} class lists for {len(pictures)} images: give one list per image"
+            )
+        jobs: dict[tuple, _Prompts] = {}
+        for classes in classes_per_image:
+            key = (classes,) if isinstance(classes, str) else tuple(classes)
+            if key not in jobs:
+                jobs[key] = self.plan(classes)
+        per_image = [jobs[(c,) if isinstance(c, str) else tuple(c)] for c in classes_per_image]
+        most = max((len(job.specs) for job in per_image), default=0)
+        check_memory([(n, im.width, im.height) for n, im in zip(names, pictures)], most)
+        return self._run(pictures, names, per_image, seed, progress)
+
+    def _run(self, pictures, names, jobs: list[_Prompts], seed: int, progress) -> list[Segmentation]:
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
-            batch = pictures[start : start + self.batch_size]
-            opened = self._segment_batch(batch, names[start : start + len(batch)], specs, plans, keep, seed)
+            stop = min(len(pictures), start + self.batch_size)
+            opened = self._segment_batch(pictures[start:stop], names[start:stop], jobs[start:stop], seed)
             if self.presence.enabled:  # the open pass above only locates the classes for the test
-                opened = [self._keep_present(r, specs, plans, seed) for r in opened]
+                opened = [self._keep_present(r, job, seed) for r, job in zip(opened, jobs[start:stop])]
             else:
                 for r in opened:
                     r.meta["presence"] = {"mode": "off"}
             results.extend(opened)
             if progress is not None:
-                progress(len(batch))
-        return results[0] if single else results
+                progress(stop - start)
+        return results
 
-    def _keep_present(self, opened: Segmentation, specs, plans, seed: int) -> Segmentation:
+    def _keep_present(self, opened: Segmentation, job: _Prompts, seed: int) -> Segmentation:
         """Test which named classes the image shows; label it with those only (absent: no score, no pixel)."""
         from attnseg.presence import find_present
 
+        specs, plans = job.specs, job.plans
         picture = opened.image
         found = find_present(
             self.backbone,
@@ -279,9 +308,8 @@ class Segmentor:
                 opened.meta,
             )
         else:
-            keep = max(plan.n_tokens for plan in kept_plans)
             second = self._segment_batch(
-                [picture], [opened.meta["image"]], kept_specs, kept_plans, keep, seed
+                [picture], [opened.meta["image"]], [_Prompts(kept_specs, kept_plans)], seed
             )[0]
         scores = torch.zeros_like(opened.scores)
         scores[kept] = second.scores
@@ -317,51 +345,59 @@ class Segmentor:
                 f"the prompt {text!r} takes {plan.n_tokens} tokens, more than the text encoder's "
                 f"{self.builder.max_tokens}; shorten it"
             )
-        return self._segment_batch(pictures, names, specs, [plan], plan.n_tokens, seed)[0]
+        return self._segment_batch(pictures, names, [_Prompts(specs, [plan])], seed)[0]
 
-    def _segment_batch(self, pictures, names, specs, plans, keep, seed) -> list[Segmentation]:
-        n_img, n_prompt = len(pictures), len(plans)
+    def _segment_batch(self, pictures, names, jobs: list[_Prompts], seed) -> list[Segmentation]:
+        """One denoiser forward for every (image, prompt) row of a batch; each image is encoded once."""
+        keep = max(plan.n_tokens for job in jobs for plan in job.plans)  # kept columns, shared by every row
+        image_rows = [i for i, job in enumerate(jobs) for _ in job.plans]  # rows: image-major, prompt-minor
+        prompts = [plan.text for job in jobs for plan in job.plans]
         times = {}
         t0 = time.perf_counter()
-        pixels = self._pixels(pictures).repeat_interleave(n_prompt, 0)  # rows: image-major, prompt-minor
-        prompts = [plan.text for _ in pictures for plan in plans]
         generator = torch.Generator().manual_seed(seed)
         if self.backbone.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.backbone.device)
-        captured, capture_bytes = self.backbone.capture(pixels, prompts, keep, self.config, generator)
+        captured, capture_bytes = self.backbone.capture(
+            self._pixels(pictures), prompts, keep, self.config, generator, image_rows=image_rows
+        )
         times["forward_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        class_maps = [[None] * len(specs) for _ in pictures]
-        background_maps: list[list[torch.Tensor]] = [[] for _ in pictures]
-        diagnostics = []
-        for j, plan in enumerate(plans):
-            rows = [i * n_prompt + j for i in range(n_img)]
-            out = run_method(captured.rows(rows), plan.layout, self.config)
-            diagnostics.append(
-                {
-                    "prompt": plan.text,
-                    "layer_weights": out.layer_weights.mean(0).tolist(),
-                    "special_token_mass": float(out.special_token_mass.mean()),
-                }
-            )
-            for i in range(n_img):
-                for local, k in enumerate(plan.class_indices):
-                    class_maps[i][k] = out.class_maps[i, local]
-                if out.background_maps.shape[1]:
-                    background_maps[i].append(out.background_maps[i])
+        # Rows that share a prompt (the same class list on several images) run the method together.
+        groups: dict[str, list[int]] = {}
+        for row, text in enumerate(prompts):
+            groups.setdefault(text, []).append(row)
+        plan_of = {plan.text: with_rest_column(plan, keep) for job in jobs for plan in job.plans}
+        outputs: dict[int, tuple[MethodOutput, int]] = {}
+        for text, rows in groups.items():
+            out = run_method(captured.rows(rows), plan_of[text].layout, self.config)
+            outputs.update({row: (out, local) for local, row in enumerate(rows)})
         times["method_s"] = time.perf_counter() - t1
         peak = {"capture_store_bytes": capture_bytes, "process_peak_rss_bytes": _peak_rss_bytes()}
         if self.backbone.device.type == "cuda":
             peak["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated(self.backbone.device))
-        results = []
-        for i, picture in enumerate(pictures):
-            size = (picture.height, picture.width)
-            scores = upsample(torch.stack(class_maps[i])[None].float(), size)[0].clamp(0, 1).cpu()
-            bg = None
-            if background_maps[i]:
-                bg = (
-                    upsample(torch.stack(background_maps[i]).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
+        results, row = [], 0
+        for i, (picture, job) in enumerate(zip(pictures, jobs)):
+            class_maps: list[torch.Tensor | None] = [None] * len(job.specs)
+            background_maps, diagnostics = [], []
+            for plan in job.plans:
+                out, local = outputs[row]
+                row += 1
+                diagnostics.append(
+                    {
+                        "prompt": plan.text,
+                        "layer_weights": out.layer_weights[local].tolist(),
+                        "special_token_mass": float(out.special_token_mass[local]),
+                    }
                 )
+                for index, k in enumerate(plan.class_indices):
+                    class_maps[k] = out.class_maps[local, index]
+                if out.background_maps.shape[1]:
+                    background_maps.append(out.background_maps[local])
+            size = (picture.height, picture.width)
+            scores = upsample(torch.stack(class_maps)[None].float(), size)[0].clamp(0, 1).cpu()
+            bg = None
+            if background_maps:
+                bg = upsample(torch.stack(background_maps).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
             labels = assign_labels(scores, self.config.tau, bg, rule=self.config.label_rule)
             meta = {
                 "image": names[i],
@@ -377,23 +413,34 @@ class Segmentor:
                 "prompts": [
                     {
                         "text": p.text,
-                        "classes": [specs[k].name for k in p.class_indices],
+                        "classes": [job.specs[k].name for k in p.class_indices],
                         "token_spans": p.token_spans,
                     }
-                    for p in plans
+                    for p in job.plans
                 ],
-                "split_into_prompts": len(plans) > 1,
+                "split_into_prompts": len(job.plans) > 1,
                 "background_words": [b.name for b in self.background],
                 "layers": captured.layer_names,
                 "diagnostics": diagnostics,
-                "timings": {k: v / len(pictures) for k, v in times.items()} | {"batch_images": len(pictures)},
+                "timings": {k: v / len(pictures) for k, v in times.items()}
+                | {"batch_images": len(pictures), "batch_rows": len(prompts)},
                 "memory": peak,
             }
             merged = bg.amax(0) if bg is not None else None
             results.append(
-                Segmentation([s.name for s in specs], scores, labels, self.config.tau, picture, meta, merged)
+                Segmentation(
+                    [s.name for s in job.specs], scores, labels, self.config.tau, picture, meta, merged
+                )
             )
         return results
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """A checked class list and the prompts it is packed into."""
+
+    specs: list[ClassSpec]
+    plans: list[PromptPlan]
 
 
 def default_output_name(name: str, index: int) -> str:

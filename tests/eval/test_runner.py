@@ -77,6 +77,35 @@ def test_batch_size_does_not_change_numbers(tmp_path: Path) -> None:
         assert a[k] == b[k], k
 
 
+class _EachKey(ColorKeySegmentor):
+    """The colour-key segmentor with `segment_each`: one call for images with different class lists."""
+
+    def segment_each(self, images: list, class_lists: list, seed: int = 0) -> list:
+        self.calls.append((len(images), [list(c) for c in class_lists]))
+        return [self._one(im, list(c), seed) for im, c in zip(images, class_lists)]
+
+
+def test_oracle_tags_batches_images_with_different_class_lists(tmp_path: Path) -> None:
+    L.build("coco-object", tmp_path / "d", n=7)
+    made: list[ColorKeySegmentor] = []
+
+    def factory(cls: type) -> ColorKeySegmentor:
+        made.append(cls(noise=0.2))
+        return made[-1]
+
+    kw = {"dataset": "coco-object", "protocol": "oracle-tags"}
+    one = run_eval(_cfg(tmp_path / "d", tmp_path / "a", batch_size=1, **kw), lambda: factory(_EachKey))
+    four = run_eval(_cfg(tmp_path / "d", tmp_path / "b", batch_size=4, **kw), lambda: factory(_EachKey))
+    plain = run_eval(
+        _cfg(tmp_path / "d", tmp_path / "c", batch_size=4, **kw), lambda: factory(ColorKeySegmentor)
+    )
+    for k in KEYS:
+        assert one[k] == four[k] == plain[k], k
+    batched = made[1].calls
+    assert len(batched) == 2  # one call per block of 4, whatever the class lists (unprompted images skip it)
+    assert max(len({tuple(c) for c in lists}) for _, lists in batched) > 1
+
+
 def test_other_settings_are_refused_in_the_same_folder(tmp_path: Path) -> None:
     L.build("voc21", tmp_path / "d", n=2)
     run_eval(_cfg(tmp_path / "d", tmp_path / "r"), ColorKeySegmentor)

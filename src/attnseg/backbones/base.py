@@ -251,21 +251,30 @@ class Backbone:
         """Whether a diffusers folder's model_index.json belongs to this family."""
         return model_index.get("_class_name") in cls.pipeline_classes
 
+    def attention_modules(self) -> dict[str, torch.nn.Module]:
+        """The denoiser's attention modules by name, found once: walking the module tree costs ms per call."""
+        cached = self.__dict__.get("_attention_modules")
+        if cached is None:
+            cached = {n: m for n, m in self.denoiser.named_modules() if hasattr(m, "set_processor")}
+            self.__dict__["_attention_modules"] = cached
+        return cached
+
     @contextlib.contextmanager
     def capturing(self, plan: CapturePlan, reducer: StreamingReducer) -> Iterator[None]:
-        """Install capture processors on the read modules; always restore the originals."""
-        denoiser = self.denoiser
-        original = dict(denoiser.attn_processors)
-        replaced = dict(original)
-        for key in original:
-            module_name = key.removesuffix(".processor")
-            if module_name in plan.plans:
-                replaced[key] = self.make_processor(module_name, plan.plans[module_name], reducer)
-        denoiser.set_attn_processor(replaced)
+        """Install capture processors on the read modules only; always restore the originals."""
+        modules = self.attention_modules()
+        original = {}
         try:
+            for module_name, attention_plan in plan.plans.items():
+                module = modules.get(module_name)
+                if module is None:
+                    continue
+                original[module_name] = module.processor
+                module.set_processor(self.make_processor(module_name, attention_plan, reducer))
             yield
         finally:
-            denoiser.set_attn_processor(original)
+            for module_name, processor in original.items():
+                modules[module_name].set_processor(processor)
 
     @torch.no_grad()
     def capture(
@@ -275,9 +284,15 @@ class Backbone:
         keep_tokens: int,
         config: MethodConfig,
         generator: torch.Generator,
+        image_rows: list[int] | None = None,
     ) -> tuple[CapturedAttention, int]:
-        """One noised forward per row (pixels[i] with prompts[i]); returns the capture and its peak bytes."""
+        """One noised forward, row i = image image_rows[i] (default i) with prompts[i]; the capture, its peak bytes.
+
+        Each image of `pixels` is encoded once, however many rows (prompts) read it.
+        """
         latents = self.encode_images(pixels)
+        if image_rows is not None:
+            latents = latents[torch.as_tensor(image_rows, device=latents.device)]
         noisy, timestep = self.add_noise(latents, generator)
         cond = self.encode_text(prompts)
         latent_size = self.latent_grid(noisy)

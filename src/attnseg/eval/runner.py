@@ -571,9 +571,10 @@ class Runner:
     ) -> None:
         """Segment the shard's unrecorded images and append one record per image.
 
-        Batches are fixed blocks of the shard (cut further where the class list changes), so a resumed run
-        puts every image in the same batch as an uninterrupted one: a block with any image missing is run
-        again whole, and only the missing records are written.
+        Batches are fixed blocks of the shard, so a resumed run puts every image in the same batch as an
+        uninterrupted one: a block with any image missing is run again whole, and only the missing records are
+        written. Images of a block with different class lists share it too (a segmentor with `segment_each`
+        runs them in one forward; another is called once per class list).
         """
         from tqdm import tqdm
 
@@ -603,14 +604,7 @@ class Runner:
         items = _prefetch(map(load, (s for b in todo for s in b)), 2 * size)
         try:
             for block in todo:
-                group: list[tuple[Sample, Any, np.ndarray, list[int]]] = []
-                for _ in block:
-                    item = next(items)
-                    if group and item[3] != group[0][3]:
-                        self._flush(ph, group, log, recs, running, bar)
-                        group = []
-                    group.append(item)
-                self._flush(ph, group, log, recs, running, bar)
+                self._flush(ph, [next(items) for _ in block], log, recs, running, bar)
         finally:
             items.close()
             bar.close()
@@ -624,44 +618,40 @@ class Runner:
         running: M.ConfusionMeter,
         bar: Any,
     ) -> None:
-        """Segment one batch (all images share a class list) and record each image."""
+        """Segment one batch (each image with its own class list) and record each image."""
         ds, protocol = ph.dataset, self.protocol
-        ids = batch[0][3]
         images = [b[1] for b in batch]
         per_image: list[list[torch.Tensor]] = [[] for _ in batch]
         diags: list[list[dict[str, Any]]] = [[] for _ in batch]
         found: list[dict[str, Any]] = [{} for _ in batch]
         own_tau: float | None = None
-        seg = self.seg.get() if ids else None  # loaded before the clock starts: sec is segmentation time
+        chunks = [protocol.chunks(b[3]) if b[3] else [] for b in batch]  # per image: its segment calls
+        if any(chunks):
+            self.seg.get()  # loaded before the clock starts: sec is segmentation time
         t0 = time.perf_counter()
-        if seg is not None:
-            for chunk in protocol.chunks(ids):
-                names = [protocol.prompt_text(ds, i) for i in chunk]
-                res = seg.segment(images, names, seed=self.cfg.seed)
-                res = list(res) if isinstance(res, (list, tuple)) else [res]
-                if len(res) != len(images):
+        for step in range(max(map(len, chunks), default=0)):
+            members = [j for j, c in enumerate(chunks) if step < len(c)]
+            names = {j: [protocol.prompt_text(ds, i) for i in chunks[j][step]] for j in members}
+            res = self._segment_rows(images, names)
+            for j, r in res.items():
+                sc = torch.as_tensor(r.scores)
+                h, w = batch[j][2].shape
+                if tuple(sc.shape) != (len(names[j]), h, w):
                     raise BadConfigError(
-                        f"the segmentor returned {len(res)} results for {len(images)} images"
+                        f"the segmentor returned scores of shape {tuple(sc.shape)} for {len(names[j])} classes on a "
+                        f"{w}×{h} image; Segmentation.scores must be K×H×W at the image size"
                     )
-                for j, r in enumerate(res):
-                    sc = torch.as_tensor(r.scores)
-                    h, w = batch[j][2].shape
-                    if tuple(sc.shape) != (len(chunk), h, w):
-                        raise BadConfigError(
-                            f"the segmentor returned scores of shape {tuple(sc.shape)} for {len(chunk)} classes on a "
-                            f"{w}×{h} image; Segmentation.scores must be K×H×W at the image size"
-                        )
-                    per_image[j].append(sc.float())
-                    diags[j] += (getattr(r, "meta", None) or {}).get("diagnostics") or []
-                    found[j] = presence_record(getattr(r, "meta", None), chunk, found[j])
-                    if getattr(r, "tau", None) is not None:
-                        own_tau = float(r.tau)
-                if self.seg_meta is None:
-                    meta = dict(getattr(res[0], "meta", {}) or {})
-                    self.seg_meta = _jsonable({k: v for k, v in meta.items() if k not in _PER_IMAGE_META})
-                    self._save_meta()
+                per_image[j].append(sc.float())
+                diags[j] += (getattr(r, "meta", None) or {}).get("diagnostics") or []
+                found[j] = presence_record(getattr(r, "meta", None), chunks[j][step], found[j])
+                if getattr(r, "tau", None) is not None:
+                    own_tau = float(r.tau)
+            if self.seg_meta is None:
+                meta = dict(getattr(res[members[0]], "meta", {}) or {})
+                self.seg_meta = _jsonable({k: v for k, v in meta.items() if k not in _PER_IMAGE_META})
+                self._save_meta()
         sec = (time.perf_counter() - t0) / len(batch)
-        for j, (s, _img, gt, _ids) in enumerate(batch):
+        for j, (s, _img, gt, ids) in enumerate(batch):
             if s.id in recs:  # recorded by an earlier launch; its block was run again only for its neighbours
                 continue
             rec = self._record(ph, s, gt, per_image[j], ids, own_tau, sec, _scalar_means(diags[j]))
@@ -679,6 +669,24 @@ class Runner:
                 m = running.compute().miou
                 if not math.isnan(m):
                     bar.set_postfix_str(f"mIoU {100 * m:.1f}", refresh=False)
+
+    def _segment_rows(self, images: list[Any], names: dict[int, list[str]]) -> dict[int, Any]:
+        """Segment images[j] with names[j] for every j: one batched call where the segmentor can take it."""
+        seg, seed, order = self.seg.get(), self.cfg.seed, list(names)
+        if hasattr(seg, "segment_each"):
+            res = list(seg.segment_each([images[j] for j in order], [names[j] for j in order], seed=seed))
+        else:  # a plain segmentor: one call per distinct class list
+            res_of: dict[int, Any] = {}
+            lists: dict[tuple[str, ...], list[int]] = {}
+            for j in order:
+                lists.setdefault(tuple(names[j]), []).append(j)
+            for classes, js in lists.items():
+                out = seg.segment([images[j] for j in js], list(classes), seed=seed)
+                res_of.update(zip(js, list(out) if isinstance(out, (list, tuple)) else [out]))
+            res = [res_of.get(j) for j in order]
+        if len(res) != len(order) or any(r is None for r in res):
+            raise BadConfigError(f"the segmentor returned {len(res)} results for {len(order)} images")
+        return dict(zip(order, res))
 
     def _record(
         self,

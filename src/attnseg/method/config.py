@@ -51,6 +51,9 @@ class MethodConfig:
     iseg_gamma: float = 2.0  # iSeg-style: power that lowers the entropy of self-attention rows
     tau: float = 0.5  # (e) background threshold on [0, 1] class maps
     label_rule: str = "max"  # (e) background = max(τ, B) | offset: B + τ (τ in [-1, 1] there)
+    # Memory, not method: the most MiB of attention probabilities one read attention call holds at once
+    # (query chunks × head groups, float32). Results do not depend on it beyond float rounding.
+    attention_chunk_mib: float = 16.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -95,6 +98,8 @@ class MethodConfig:
                 f"tau must lie in [{low:g}, 1] under label_rule={self.label_rule!r} "
                 f"(class maps are min-max scaled), got {self.tau}"
             )
+        if self.attention_chunk_mib <= 0:
+            raise BadConfigError(f"attention_chunk_mib must be > 0, got {self.attention_chunk_mib}")
         if self.iseg_gamma <= 0:
             raise BadConfigError(f"iseg_gamma must be > 0, got {self.iseg_gamma}")
 

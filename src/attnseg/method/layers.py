@@ -53,6 +53,41 @@ def resize_self_attention(
     return out.contiguous()
 
 
+def resize_self_attention_rows(
+    attn_bck: torch.Tensor,
+    rows: slice,
+    grid: tuple[int, int],
+    target: tuple[int, int],
+    renormalize: bool,
+    query_grid: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor | slice, torch.Tensor]:
+    """The rows of `resize_self_attention` that come from the source query rows `rows` only.
+
+    attn_bck: B×c×P, the queries `rows` of `query_grid` (default `grid`) against every key of `grid`.
+    Returns the target query rows they give (a slice or an index tensor) and their values B×n×P_target,
+    so that a self-attention computed in query chunks is resized chunk by chunk to the same numbers.
+    """
+    query_grid = tuple(query_grid or grid)
+    if tuple(grid) == tuple(target) == query_grid:
+        return rows, attn_bck
+    (hq, wq), (ht, wt), (h, w) = query_grid, target, grid
+    # Nearest resizing of the queries: target row t reads source row `source[t]` (as F.interpolate picks).
+    ys = (torch.arange(ht) * hq) // ht
+    xs = (torch.arange(wt) * wq) // wt
+    source = (ys[:, None] * wq + xs[None, :]).flatten()
+    picked = ((source >= rows.start) & (source < rows.stop)).nonzero().flatten()
+    b = attn_bck.shape[0]
+    if picked.numel() == 0:
+        return picked.to(attn_bck.device), attn_bck.new_zeros(b, 0, ht * wt)
+    keys = attn_bck[:, (source[picked] - rows.start).to(attn_bck.device)].reshape(b, -1, h, w)
+    if (h, w) != (ht, wt):
+        keys = F.interpolate(keys, size=(ht, wt), mode="bilinear", align_corners=False)
+    out = keys.reshape(b, -1, ht * wt)
+    if renormalize:
+        out = out / out.sum(-1, keepdim=True).clamp_min(1e-12)
+    return picked.to(attn_bck.device), out
+
+
 def layer_similarity(reference_bqk: torch.Tensor, attn_bqk: torch.Tensor) -> torch.Tensor:
     """s_l = sum_{p,q} R[p,q] S_l[p,q] per image; B."""
     return (reference_bqk.float() * attn_bqk.float()).sum(dim=(1, 2))

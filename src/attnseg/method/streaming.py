@@ -16,11 +16,13 @@ import torch.nn.functional as F
 
 from attnseg.method.config import MethodConfig
 from attnseg.method.heads import aggregate_heads, head_weights
-from attnseg.method.layers import layer_similarity, reference_affinity, resize_self_attention
+from attnseg.method.layers import (
+    layer_similarity,
+    reference_affinity,
+    resize_self_attention,
+    resize_self_attention_rows,
+)
 from attnseg.method.pipeline import CapturedAttention
-
-# A head group's logits are at most this many elements (B·heads·P·L): bounds the transient memory.
-_LOGITS_BUDGET = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,16 @@ class StreamingReducer:
         self.grids: dict[str, tuple[int, int]] = {}
         self.cross: dict[str, torch.Tensor] = {}  # layer → B×P_l×(T+1), heads aggregated the config's way
         self.scores: dict[str, torch.Tensor] = {}
-        self.pending: dict[str, torch.Tensor] = {}  # layer → self-attention on the reference grid, awaiting R
+        # layer → its head-mean self-attention awaiting R: on the reference grid, or on its own grids where
+        # that is smaller; pending_grids holds (key grid, query grid) of each.
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_grids: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
         self.reference: torch.Tensor | None = None  # B×P_r×P_r
         self.affinity_sum: torch.Tensor | None = None
         self.affinity_count = 0
+        self._propagated: set[str] = set()
         self.peak_bytes = 0
+        self.transient_bytes = 0
 
     # -- geometry -------------------------------------------------------------------------------------
     def grid_for(self, positions: int) -> tuple[int, int]:
@@ -117,10 +124,12 @@ class StreamingReducer:
         grid: tuple[int, int],
         out_bhpd: torch.Tensor,
         out_proj_weight: torch.Tensor | None,
+        rows: slice | None = None,
     ) -> None:
         """(a) Aggregate a layer's cross-attention heads; keep the first T token columns + the rest summed.
 
-        out_bhpd: the call's attention output on the image rows, read only for GoCA head weights.
+        out_bhpd: the call's attention output on the same image rows, read only for GoCA head weights.
+        rows: which of the layer's image rows these are (default all): a call may hand its rows in chunks.
         """
         self._register(layer, grid)
         weights_bhp = None
@@ -136,7 +145,14 @@ class StreamingReducer:
         if kept.shape[-1] < self.keep_tokens:  # a text shorter than the kept columns: pad with zeros
             kept = F.pad(kept, (0, self.keep_tokens - kept.shape[-1]))
         rest = maps[..., self.keep_tokens :].sum(-1, keepdim=True)
-        self.cross[layer] = torch.cat([kept, rest], -1)
+        if rows is None:
+            self.cross[layer] = torch.cat([kept, rest], -1)
+        else:
+            if layer not in self.cross:
+                positions = grid[0] * grid[1]
+                self.cross[layer] = maps.new_zeros(maps.shape[0], positions, self.keep_tokens + 1)
+            self.cross[layer][:, rows, : self.keep_tokens] = kept
+            self.cross[layer][:, rows, self.keep_tokens :] = rest
         self._track()
 
     def add_self(
@@ -145,39 +161,72 @@ class StreamingReducer:
         attn_bqk: torch.Tensor,
         grid: tuple[int, int],
         query_grid: tuple[int, int] | None = None,
+        rows: slice | None = None,
     ) -> None:
         """(b) Score a layer's head-mean self-attention; (d) add it to the propagation sum.
 
         attn_bqk: queries on `query_grid` (default: the layer's grid), keys on the layer's grid.
+        rows: which query rows of `query_grid` these are (default all); every row must come exactly once.
         """
         self._register(layer, grid)
-        query_grid = query_grid or grid
+        query_grid = tuple(query_grid or grid)
+        rows = rows if rows is not None else slice(0, query_grid[0] * query_grid[1])
         renormalize = self.config.renormalize_resized_rows
+        batch = attn_bqk.shape[0]
         if layer in self.propagation_layers:
-            if query_grid != grid:
+            if query_grid != tuple(grid):
                 raise RuntimeError(f"propagation layer {layer} was captured on a subset of its query rows")
-            on_map = resize_self_attention(attn_bqk, grid, self.map_size, renormalize)
-            self.affinity_sum = on_map if self.affinity_sum is None else self.affinity_sum + on_map
-            self.affinity_count += 1
+            picked, on_map = resize_self_attention_rows(attn_bqk, rows, grid, self.map_size, renormalize)
+            if self.affinity_sum is None:
+                positions = self.map_size[0] * self.map_size[1]
+                self.affinity_sum = on_map.new_zeros(batch, positions, positions)
+            _add_rows(self.affinity_sum, picked, on_map)
+            self._propagated.add(layer)
+            self.affinity_count = len(self._propagated)
         if self.reference_grid is not None:
-            on_ref = resize_self_attention(attn_bqk, grid, self.reference_grid, renormalize, query_grid)
-            if self.reference is not None:
-                self.scores[layer] = layer_similarity(self.reference, on_ref)
+            n_ref = self.reference_grid[0] * self.reference_grid[1]
+            n_query, n_key = query_grid[0] * query_grid[1], grid[0] * grid[1]
+            if self.reference is None and n_query * n_key <= n_ref * n_ref:
+                # A layer coarser than the reference grid waits at its own size (SDXL: a 32² layer is 16×
+                # smaller than on the 64² grid) and is resized when R comes: the same numbers, later.
+                if layer not in self.pending:
+                    self.pending[layer] = attn_bqk.new_zeros(batch, n_query, n_key)
+                    self.pending_grids[layer] = (tuple(grid), query_grid)
+                self.pending[layer][:, rows] = attn_bqk
             else:
-                self.pending[layer] = on_ref
+                picked, on_ref = resize_self_attention_rows(
+                    attn_bqk, rows, grid, self.reference_grid, renormalize, query_grid
+                )
+                if self.reference is not None:
+                    part = layer_similarity(self.reference[:, picked], on_ref)
+                    self.scores[layer] = part if layer not in self.scores else self.scores[layer] + part
+                else:
+                    if layer not in self.pending:
+                        self.pending[layer] = on_ref.new_zeros(batch, n_ref, n_ref)
+                        self.pending_grids[layer] = (tuple(self.reference_grid),) * 2
+                    self.pending[layer][:, picked] = on_ref
         self._track()
+
+    def track_transient(self, *tensors: torch.Tensor) -> None:
+        """Note the largest working set one attention call held at once (for the memory report)."""
+        self.transient_bytes = max(self.transient_bytes, sum(t.numel() * t.element_size() for t in tensors))
 
     def set_reference(self, feature_bpc: torch.Tensor, grid: tuple[int, int]) -> None:
         """(b) Take the reference feature F and score the layers that were waiting for it."""
         if self.reference is not None:
             return
-        expected, self.reference_grid = self.reference_grid, grid
+        self.reference_grid = tuple(
+            grid
+        )  # the preset's guess, if it differs, gives way to the feature's grid
         self.reference = reference_affinity(feature_bpc, self.config.reference_channel0)
-        for layer, on_ref in self.pending.items():
-            if expected is not None and tuple(expected) != tuple(grid):  # the preset guessed another grid
-                on_ref = resize_self_attention(on_ref, expected, grid, self.config.renormalize_resized_rows)
+        for layer, waiting in self.pending.items():
+            key_grid, query_grid = self.pending_grids[layer]
+            on_ref = resize_self_attention(
+                waiting, key_grid, self.reference_grid, self.config.renormalize_resized_rows, query_grid
+            )
             self.scores[layer] = layer_similarity(self.reference, on_ref)
         self.pending.clear()
+        self.pending_grids.clear()
         self._track()
 
     def finish(self) -> CapturedAttention:
@@ -189,8 +238,9 @@ class StreamingReducer:
         if all(name in self.scores for name in layers):
             scores = torch.stack([self.scores[name] for name in layers], 1)
         affinity = None
-        if self.affinity_sum is not None:
-            affinity = self.affinity_sum / self.affinity_count
+        if self.affinity_sum is not None:  # in place: a second P_m² copy would double the largest store
+            affinity = self.affinity_sum.div_(self.affinity_count)
+            self.affinity_count = 1  # it is a mean now: finishing again divides by one
         return CapturedAttention(
             cross=[self.cross[name] for name in layers],
             head_aggregation=self.config.head_aggregation,
@@ -200,6 +250,14 @@ class StreamingReducer:
             map_size=self.map_size,
             layer_names=layers,
         )
+
+
+def _add_rows(total_bpp: torch.Tensor, rows: torch.Tensor | slice, part_bnp: torch.Tensor) -> None:
+    """total[:, rows] += part, for a slice or an index tensor of rows (each row once)."""
+    if isinstance(rows, slice):
+        total_bpp[:, rows].add_(part_bnp)
+    else:
+        total_bpp.index_add_(1, rows, part_bnp)
 
 
 def reference_rows(
@@ -233,20 +291,33 @@ def _mask_block(mask: torch.Tensor | None, rows, cols) -> torch.Tensor | None:
     return mask[..., cols] if mask.shape[-1] != 1 else mask
 
 
-def _head_groups(h: int, elements_per_head: int) -> list[slice]:
-    """Head slices whose logits stay under the budget together."""
-    group = max(1, min(h, _LOGITS_BUDGET // max(1, elements_per_head)))
-    return [slice(i, min(h, i + group)) for i in range(0, h, group)]
+def _chunking(batch: int, heads: int, rows: int, keys: int, budget_mib: float) -> tuple[list[slice], int]:
+    """Head groups and a query-chunk length whose float32 probabilities (B·g·c·keys) stay within the budget.
+
+    Whole head sets are preferred (a chunk's head sum is then done in one pass); heads are split only when a
+    single query row of every head is over the budget.
+    """
+    budget = max(1, int(budget_mib * 2**20) // 4)
+    per_row = batch * heads * keys
+    if per_row <= budget:
+        return [slice(0, heads)], max(1, min(rows, budget // per_row))
+    group = max(1, budget // max(1, batch * keys))
+    return [slice(i, min(heads, i + group)) for i in range(0, heads, group)], 1
+
+
+def _row_chunks(rows: int, chunk: int) -> list[slice]:
+    return [slice(i, min(rows, i + chunk)) for i in range(0, rows, chunk)]
 
 
 def _block_softmax(q, k, scale, mask, heads: slice, cols) -> torch.Tensor:
     """softmax(q k^T) restricted to the key columns `cols`, for a group of heads; float32.
 
+    mask: the additive mask for q's rows and the columns `cols` (heads broadcast or all of them), or None.
     Computed in place in one buffer: on a CPU these maps are memory-bound, so each saved pass counts.
     """
     logits = ((q[:, heads] * scale) @ k[:, heads, cols].transpose(-1, -2)).float()
     if mask is not None:
-        logits.add_(mask.float())
+        logits.add_((mask if mask.shape[1] == 1 else mask[:, heads]).float())
     logits.sub_(logits.amax(-1, keepdim=True)).exp_()
     return logits.div_(logits.sum(-1, keepdim=True))
 
@@ -258,59 +329,92 @@ def _restrict(probs: torch.Tensor, cols, joint: bool) -> torch.Tensor:
 
 
 # -- the three ways a read call is computed -------------------------------------------------------------
+# Each walks the image query rows in chunks (and heads in groups) sized by `_chunking`, hands every chunk's
+# reduction to the reducer and drops it: the transient of a call is one chunk, whatever the image size.
 def _attend_propagation(
-    q, k, v, scale: float, mask, plan: AttentionPlan, img: slice
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    q, k, v, scale: float, mask, plan: AttentionPlan, img: slice, reducer: StreamingReducer, out_proj_weight
+) -> torch.Tensor:
     """Propagation layers: every image-row probability is needed, so the output comes from them too.
 
-    Returns the output B×H×L×d, the cross-attention B×H×P×N (None unless read) and the head-summed
-    self-attention B×P×P.
+    Returns the output B×H×L×d; the cross-attention (if read) and the head-mean self-attention go to the
+    reducer chunk by chunk.
     """
     out = torch.empty_like(q)
     length = q.shape[2]
     for part in (slice(0, img.start), slice(img.stop, length)):
         if part.stop > part.start:  # text-query rows of a joint call: fused, nothing read
             out[:, :, part] = _sdpa(q[:, :, part], k, v, _mask_block(mask, part, slice(None)), scale)
-    q_img, cross_heads, self_sum = q[:, :, img], [], None
     b, h, positions = q.shape[0], q.shape[1], img.stop - img.start
-    for heads in _head_groups(h, b * positions * k.shape[2]):
-        probs = _block_softmax(q_img, k, scale, _mask_block(mask, img, slice(None)), heads, slice(None))
-        out[:, heads, img] = (probs.to(v.dtype) @ v[:, heads]).to(out.dtype)
-        if plan.read_cross:
-            cross_heads.append(_restrict(probs, plan.text_cols, plan.joint))
-        block = _restrict(probs, plan.image_cols, plan.joint).sum(1)
-        self_sum = block if self_sum is None else self_sum + block
-        del probs, block
-    return out, (torch.cat(cross_heads, 1) if cross_heads else None), self_sum
+    grid = reducer.grid_for(positions)
+    groups, chunk = _chunking(b, h, positions, k.shape[2], reducer.config.attention_chunk_mib)
+    for local in _row_chunks(positions, chunk):
+        rows = slice(img.start + local.start, img.start + local.stop)
+        row_mask = _mask_block(mask, rows, slice(None))
+        cross_heads, self_sum = [], None
+        for heads in groups:
+            probs = _block_softmax(q[:, :, rows], k, scale, row_mask, heads, slice(None))
+            out[:, heads, rows] = (probs.to(v.dtype) @ v[:, heads]).to(out.dtype)
+            if plan.read_cross:
+                cross_heads.append(_restrict(probs, plan.text_cols, plan.joint))
+            block = _restrict(probs, plan.image_cols, plan.joint).sum(1)
+            self_sum = block if self_sum is None else self_sum.add_(block)
+            reducer.track_transient(probs, block, *cross_heads)
+            del probs, block
+        if cross_heads:
+            cross = torch.cat(cross_heads, 1) if len(cross_heads) > 1 else cross_heads[0]
+            reducer.add_cross(plan.layer, cross, grid, out[:, :, rows], out_proj_weight, local)
+        reducer.add_self(plan.layer, self_sum.div_(h), grid, grid, local)
+    return out
 
 
-def _cross_block(q_img, k, scale: float, mask, plan: AttentionPlan, img: slice) -> torch.Tensor:
-    """Cross-attention: the softmax over the text keys only, B×H×P×N, head group by head group."""
+def _cross_rows(
+    q_img, k, out_img, scale: float, mask, plan: AttentionPlan, img: slice, reducer, out_proj_weight
+) -> None:
+    """Cross-attention: the softmax over the text keys only, head-aggregated into the reducer chunk by chunk."""
     b, h, positions = q_img.shape[:3]
+    grid = reducer.grid_for(positions)
     n_text = k[:, :, plan.text_cols].shape[2]
-    row_mask = _mask_block(mask, img, plan.text_cols)
-    groups = _head_groups(h, b * positions * n_text)
-    return torch.cat([_block_softmax(q_img, k, scale, row_mask, g, plan.text_cols) for g in groups], 1)
+    groups, chunk = _chunking(b, h, positions, n_text, reducer.config.attention_chunk_mib)
+    for local in _row_chunks(positions, chunk):
+        rows = slice(img.start + local.start, img.start + local.stop)
+        row_mask = _mask_block(mask, rows, plan.text_cols)
+        parts = [_block_softmax(q_img[:, :, local], k, scale, row_mask, g, plan.text_cols) for g in groups]
+        probs = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        reducer.track_transient(probs)
+        reducer.add_cross(plan.layer, probs, grid, out_img[:, :, local], out_proj_weight, local)
 
 
-def _scoring_self(
-    q_img, k, scale: float, mask, plan: AttentionPlan, img: slice, picked
-) -> tuple[torch.Tensor, tuple[int, int] | None]:
-    """Layer scoring: the head-summed self-attention of the query rows that land on the reference grid.
+def _scoring_rows(q_img, k, scale: float, mask, plan: AttentionPlan, img: slice, reducer) -> None:
+    """Layer scoring: the head-mean self-attention of the query rows that land on the reference grid.
 
-    picked: (rows, their grid) from `reference_rows`, or None for every row. Returns B×P_q×P and the query grid.
+    Layers finer than the reference grid compute only those rows (`reference_rows`), chunk by chunk.
     """
     b, h, positions = q_img.shape[:3]
-    rows = None if picked is None else picked[0].to(q_img.device)
-    q_rows = q_img if rows is None else q_img[:, :, rows]
-    row_mask = _mask_block(mask, img, plan.image_cols)
-    if row_mask is not None and rows is not None and row_mask.shape[-2] != 1:
-        row_mask = row_mask[..., rows, :]
-    self_sum = None
-    for heads in _head_groups(h, b * q_rows.shape[2] * positions):
-        part = _block_softmax(q_rows, k, scale, row_mask, heads, plan.image_cols).sum(1)
-        self_sum = part if self_sum is None else self_sum + part
-    return self_sum, None if picked is None else picked[1]
+    grid = reducer.grid_for(positions)
+    picked = reference_rows(grid, reducer.reference_grid)
+    index = None if picked is None else picked[0].to(q_img.device)
+    query_grid = grid if picked is None else picked[1]
+    n_rows = positions if index is None else index.numel()
+    n_keys = k[:, :, plan.image_cols].shape[2]
+    groups, chunk = _chunking(b, h, n_rows, n_keys, reducer.config.attention_chunk_mib)
+    for local in _row_chunks(n_rows, chunk):
+        source = (
+            torch.arange(img.start + local.start, img.start + local.stop, device=q_img.device)
+            if index is None
+            else img.start + index[local]
+        )
+        q_rows = q_img[:, :, local] if index is None else q_img[:, :, index[local]]
+        row_mask = None
+        if mask is not None:
+            row_mask = mask if mask.shape[-2] == 1 else mask[..., source, :]
+            row_mask = row_mask[..., plan.image_cols] if row_mask.shape[-1] != 1 else row_mask
+        self_sum = None
+        for heads in groups:
+            part = _block_softmax(q_rows, k, scale, row_mask, heads, plan.image_cols)
+            reducer.track_transient(part)
+            part = part.sum(1)
+            self_sum = part if self_sum is None else self_sum.add_(part)
+        reducer.add_self(plan.layer, self_sum.div_(h), grid, query_grid, local)
 
 
 def attend(
@@ -336,18 +440,11 @@ def attend(
         reducer.set_reference(q[:, :, img].transpose(1, 2).reshape(q.shape[0], len(rows), -1), grid)
     if not (plan.read_cross or plan.read_self):
         return _sdpa(q, k, v, mask, scale)
-    cross_bhpn = self_bqk = query_grid = None
     if plan.read_self and plan.layer in reducer.propagation_layers:
-        out, cross_bhpn, self_bqk = _attend_propagation(q, k, v, scale, mask, plan, img)
-    else:
-        out = _sdpa(q, k, v, mask, scale)
-        if plan.read_cross:
-            cross_bhpn = _cross_block(q[:, :, img], k, scale, mask, plan, img)
-        if plan.read_self:
-            picked = reference_rows(grid, reducer.reference_grid)
-            self_bqk, query_grid = _scoring_self(q[:, :, img], k, scale, mask, plan, img, picked)
-    if cross_bhpn is not None:
-        reducer.add_cross(plan.layer, cross_bhpn, grid, out[:, :, img], out_proj_weight)
-    if self_bqk is not None:  # the head-mean self-attention
-        reducer.add_self(plan.layer, self_bqk / q.shape[1], grid, query_grid or grid)
+        return _attend_propagation(q, k, v, scale, mask, plan, img, reducer, out_proj_weight)
+    out = _sdpa(q, k, v, mask, scale)
+    if plan.read_cross:
+        _cross_rows(q[:, :, img], k, out[:, :, img], scale, mask, plan, img, reducer, out_proj_weight)
+    if plan.read_self:
+        _scoring_rows(q[:, :, img], k, scale, mask, plan, img, reducer)
     return out
