@@ -7,6 +7,7 @@ from attnseg.errors import (
     BadConfigError,
     BadDatasetError,
     BadImageError,
+    BadPromptError,
 )
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "BadConfigError",
     "BadDatasetError",
     "BadImageError",
+    "BadPromptError",
     "Segmentation",
     "Segmentor",
     "trace",

@@ -23,3 +23,7 @@ class BadDatasetError(AttnsegError):
 
 class BadConfigError(AttnsegError):
     """A method or CLI setting is out of range or names an unknown option."""
+
+
+class BadPromptError(AttnsegError):
+    """A generation prompt is empty or uses words the model's tokenizer does not know."""
