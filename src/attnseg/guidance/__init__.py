@@ -26,7 +26,7 @@ def __getattr__(name: str):
 
         return RateConfig
     if name in ("SemanticCFG", "scfg"):
-        from attnseg.guidance import scfg as module
+        from attnseg.guidance import semantic
 
-        return getattr(module, name)
+        return getattr(semantic, name)
     raise AttributeError(f"module 'attnseg.guidance' has no attribute {name!r}")

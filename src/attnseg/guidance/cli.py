@@ -98,6 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from attnseg.cli import parse_settings
     from attnseg.guidance.generate import GenerateOptions, ImageGenerator
+    from attnseg.guidance.prompting import check_prompt
     from attnseg.io import write_json
     from attnseg.method.config import method_config
 
@@ -116,6 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise BadConfigError(f"--n must be >= 1, got {args.n}")
     out = Path(args.out)
     check_out(out)
+    check_prompt(args.prompt, tokenizer=None)  # an empty prompt fails before the model loads
     generator = ImageGenerator.from_pretrained(args.model, args.device, args.dtype)
     prompt, specs = generator.check(args.prompt, args.classes)  # a bad prompt or class fails before writing
     classes = ["|".join(s.synonyms) for s in specs]

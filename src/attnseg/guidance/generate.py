@@ -17,7 +17,7 @@ from attnseg.errors import BadConfigError
 from attnseg.guidance import GUIDANCES, READ_LAST
 from attnseg.guidance.prompting import check_prompt, default_classes, model_nouns
 from attnseg.guidance.rate import RateConfig
-from attnseg.guidance.scfg import SemanticCFG
+from attnseg.guidance.semantic import SemanticCFG
 from attnseg.method.config import method_config
 from attnseg.prompts import ClassSpec, parse_classes
 from attnseg.segmentation import Segmentation
@@ -181,6 +181,8 @@ class ImageGenerator:
             height=size,
             width=size,
         )
+        if "use_resolution_binning" in inspect.signature(self.pipe.__call__).parameters:
+            call["use_resolution_binning"] = False  # PixArt: the native square size needs no binning
         if hooks is None:
             images = self.pipe(prompt, **call).images
         else:

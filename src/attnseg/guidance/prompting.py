@@ -15,7 +15,7 @@ def check_prompt(prompt: str, tokenizer) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadPromptError('the prompt is empty: say what to draw, e.g. "a red star on the grass"')
     prompt = " ".join(prompt.split())
-    unk = getattr(tokenizer, "unk_token_id", None)
+    unk = getattr(tokenizer, "unk_token_id", None) if tokenizer is not None else None
     if unk is not None and unk in tokenizer(prompt, add_special_tokens=False)["input_ids"]:
         unknown = [
             word

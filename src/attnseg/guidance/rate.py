@@ -1,6 +1,6 @@
 """Semantic-aware CFG (S-CFG) on plain tensors: regions, foreground, the per-pixel guidance rate (METHOD.md).
 
-No diffusers here: the hooks in `guidance/scfg.py` hand these functions the maps of one denoiser forward and
+No diffusers here: the hooks in `guidance/semantic.py` hand these functions the maps of one denoiser forward and
 its two predictions.
 """
 
