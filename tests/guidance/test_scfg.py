@@ -117,3 +117,16 @@ def test_a_pipeline_without_its_own_guidance_scale_needs_one(tmp_path):
     with scfg(pipe, PROMPT, CLASSES, guidance_scale=5.0) as guide:
         latents(pipe, use_resolution_binning=False)
     assert len(guide.rate_means) == 2
+
+
+def test_scfg_defaults_to_the_nouns_an_embedded_model_knows():
+    from diffusers import StableDiffusionPipeline
+
+    from attnseg.backbones.loading import resolve_model
+    from attnseg.errors import BadPromptError
+
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_model(None)[0], local_files_only=True)
+    guide = scfg(pipe, "a small red crescent moon over the grass")
+    assert [spec.name for spec in guide.specs] == ["crescent moon", "grass"]
+    with pytest.raises(BadPromptError, match="does not know 'dog'"):
+        scfg(pipe, "a red dog")

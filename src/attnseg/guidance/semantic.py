@@ -123,7 +123,9 @@ def scfg(
     method: the mask source, `goca`, `vanilla` or any method preset; guidance_scale: needed only where the
     pipeline does not expose its own (PixArt).
     """
-    from attnseg.guidance.prompting import default_classes
+    from attnseg.guidance.prompting import check_prompt, default_classes, model_nouns
 
-    specs = parse_classes(classes) if classes else default_classes(prompt, pipe.tokenizer)
+    prompt = check_prompt(prompt, pipe.tokenizer)
+    nouns = model_nouns(getattr(pipe, "name_or_path", None))  # the embedded world models list theirs
+    specs = parse_classes(classes) if classes else default_classes(prompt, pipe.tokenizer, nouns)
     return SemanticCFG(pipe, prompt, specs, method, guidance_scale, rate, read_last, **overrides)
