@@ -43,7 +43,7 @@ class GenerateOptions:
             raise BadConfigError(f"--guidance must be one of {', '.join(GUIDANCES)}, got {self.guidance!r}")
         if not self.cfg > 0:
             raise BadConfigError(f"--cfg must be > 0 (1 = no guidance, 7.5 is usual), got {self.cfg}")
-        if self.guidance == "s-cfg" and self.cfg <= 1:
+        if self.semantic and self.cfg <= 1:
             raise BadConfigError(f"s-cfg rescales the guidance, so it needs --cfg > 1, got {self.cfg}")
         if self.steps < 1:
             raise BadConfigError(f"--steps must be >= 1, got {self.steps}")
@@ -52,6 +52,11 @@ class GenerateOptions:
         if not 0 < self.read_last <= 1:
             raise BadConfigError(f"read_last must lie in (0, 1], got {self.read_last}")
         method_config(self.mask_method)
+
+    @property
+    def semantic(self) -> bool:
+        """Whether the guidance is S-CFG (regions from the maps) rather than plain CFG."""
+        return self.guidance == "s-cfg"
 
 
 @dataclass
@@ -152,7 +157,7 @@ class ImageGenerator:
         return results
 
     def _hooks(self, prompt: str, specs: list[ClassSpec], options: GenerateOptions, overrides: dict):
-        if options.guidance == "s-cfg":
+        if options.semantic:
             return SemanticCFG(
                 self.pipe,
                 prompt,
