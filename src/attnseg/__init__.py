@@ -8,6 +8,7 @@ from attnseg.errors import (
     BadDatasetError,
     BadImageError,
     BadOutputError,
+    BadPromptError,
     UnknownWordError,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "BadDatasetError",
     "BadImageError",
     "BadOutputError",
+    "BadPromptError",
     "UnknownWordError",
     "Segmentation",
     "Segmentor",

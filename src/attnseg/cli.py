@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("attnseg.demo.web", "add_serve_command"),
         ("attnseg.world.cli", "add_world_commands"),
         ("attnseg.eval.cli", "add_eval_commands"),
+        ("attnseg.guidance.cli", "add_parser"),
     )
     for module, adder in optional:
         try:  # optional subpackages: a build without them still segments

@@ -31,3 +31,7 @@ class BadOutputError(AttnsegError):
 
 class UnknownWordError(BadClassesError):
     """A class name uses a word the model's tokenizer cannot represent."""
+
+
+class BadPromptError(AttnsegError):
+    """A generation prompt is empty or uses words the model's tokenizer does not know."""

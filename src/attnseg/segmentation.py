@@ -86,16 +86,20 @@ class Segmentation:
         """
         target = Path(directory)
         with output_folder(target, overwrite, recognise=is_segmentation_folder) as staging:
-            self.label_image().save(staging / "labels.png")
-            self.overlay().save(staging / "overlay.png")
-            np.savez_compressed(
-                staging / "scores.npz",
-                scores=self.scores.cpu().numpy().astype(np.float16),
-                classes=np.array(self.classes),
-                **self._presence_arrays(),
-            )
-            write_json(staging / "result.json", {"classes": self.classes, "tau": self.tau, **self.meta})
+            self.write_files(staging)
         return target
+
+    def write_files(self, folder: Path) -> None:
+        """The four files into `folder`, which the caller stages (save, or `generate` with its image)."""
+        self.label_image().save(folder / "labels.png")
+        self.overlay().save(folder / "overlay.png")
+        np.savez_compressed(
+            folder / "scores.npz",
+            scores=self.scores.cpu().numpy().astype(np.float16),
+            classes=np.array(self.classes),
+            **self._presence_arrays(),
+        )
+        write_json(folder / "result.json", {"classes": self.classes, "tau": self.tau, **self.meta})
 
     def _presence_arrays(self) -> dict[str, np.ndarray]:
         """Each class's presence score and decision (K each) when the presence step ran; else nothing."""

@@ -1,4 +1,4 @@
-"""`with attnseg.trace(pipe) as tr:` — capture from a pipeline the user runs, then segment the generated image."""
+"""`with attnseg.trace(pipe) as tr:` — capture from a pipeline the user runs, then segment the generated images."""
 
 from __future__ import annotations
 
@@ -7,78 +7,142 @@ import contextlib
 import numpy as np
 import torch
 
-from attnseg.backbones import FAMILIES
+from attnseg.backbones import FAMILIES, Backbone
 from attnseg.errors import BadCheckpointError, BadConfigError
 from attnseg.method.config import method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
 from attnseg.method.presence import presence_config
 from attnseg.method.streaming import StreamingReducer
-from attnseg.prompts import parse_classes
+from attnseg.prompts import ClassSpec, PromptPlan, parse_classes
 from attnseg.segmentation import Segmentation
 from attnseg.segmentor import config_for
 
 
-class _CurrentReducer:
-    """Forwards the capture calls to the reducer of the denoiser call in progress."""
+def backbone_for_pipeline(pipe) -> Backbone:
+    """The family adapter around a diffusers pipeline's own (already loaded) components."""
+    index = {"_class_name": type(pipe).__name__}
+    family = next((cls for cls in FAMILIES if cls.detect(index)), None)
+    if family is None:
+        raise BadCheckpointError(f"attnseg does not know the pipeline {type(pipe).__name__}")
+    components = {k: v for k, v in pipe.components.items() if v is not None}
+    denoiser = components.get("unet", components.get("transformer"))
+    return family(components, type(pipe).__name__, denoiser.device, denoiser.dtype)
 
-    def __init__(self) -> None:
-        self.reducer: StreamingReducer | None = None
 
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["reducer"], name)
+def denoiser_sample(output) -> torch.Tensor:
+    """The prediction tensor of a denoiser's output (a tensor, a tuple, or a diffusers output class)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0]
+    return output.sample
+
+
+def with_sample(output, sample: torch.Tensor):
+    """The same output with its prediction replaced."""
+    if isinstance(output, torch.Tensor):
+        return sample
+    if isinstance(output, tuple):
+        return (sample, *output[1:])
+    output.sample = sample
+    return output
 
 
 class Trace:
-    """Captures every denoiser call of a pipeline run and averages the conditional rows over steps."""
+    """Captures the denoiser calls of a pipeline run and averages the conditional rows over the read steps.
+
+    Each read call gets its own streaming reducer and capture processors, installed for that call only, so
+    nothing outlives a step but the running sum of the conditional rows. `read_last`: the fraction of the
+    run's steps, counted from the last, whose attention the masks average (1.0: every step). `presence`:
+    "on" tests which named classes a generated image shows (segment with image=); "off" keeps them all.
+    """
 
     def __init__(
         self,
         pipe,
         method: str = "goca",
         keep_tokens: int = 77,
+        read_last: float = 1.0,
+        backbone: Backbone | None = None,
         presence: str | bool = "on",
         **overrides: object,
     ) -> None:
         method_config(method, **overrides)  # a bad method or setting fails before anything is touched
         self.presence = presence_config(presence)
+        if not 0.0 < read_last <= 1.0:
+            raise BadConfigError(f"read_last is a fraction of the steps in (0, 1], got {read_last}")
+        self.pipe = pipe
         self.method = method
-        index = {"_class_name": type(pipe).__name__}
-        family = next((cls for cls in FAMILIES if cls.detect(index)), None)
-        if family is None:
-            raise BadCheckpointError(f"trace does not know the pipeline {type(pipe).__name__}")
-        components = {k: v for k, v in pipe.components.items() if v is not None}
-        denoiser = components.get("unet", components.get("transformer"))
-        self.backbone = family(components, type(pipe).__name__, denoiser.device, denoiser.dtype)
+        self.backbone = backbone or backbone_for_pipeline(pipe)
         self.config = config_for(self.backbone, method, **overrides)
         self.keep_tokens = keep_tokens
-        self.proxy = _CurrentReducer()
+        self.read_last = read_last
         self.sum: CapturedAttention | None = None
-        self.steps = 0
+        self.steps = 0  # denoiser calls whose attention the masks average
+        self.calls = 0  # every denoiser call seen
+        self._reducer: StreamingReducer | None = None
+        self._call_stack = contextlib.ExitStack()
         self._hooks: list = []
-        self._stack = contextlib.ExitStack()
-        self._installed = False
         self._testing = False  # True while the presence test runs the denoiser: its calls are not captured
 
+    # -- which calls are read ------------------------------------------------------------------------
+    def _in_window(self, args, kwargs) -> bool:
+        """Whether this call is one of the last `read_last` of the run's steps (from the scheduler's steps)."""
+        timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        if timesteps is None or t is None or len(timesteps) == 0:
+            return True
+        t = float(torch.as_tensor(t).flatten()[0])
+        index = int((timesteps.float() - t).abs().argmin())
+        return index >= len(timesteps) - max(1, round(self.read_last * len(timesteps)))
+
+    def _reads(self, args, kwargs) -> bool:
+        """Whether this call's attention is captured."""
+        return not self._testing and self._in_window(args, kwargs)
+
+    def _accumulates(self, args, kwargs) -> bool:
+        """Whether this call's conditional rows join the masks' average."""
+        return self._in_window(args, kwargs)
+
+    def _cfg_rows(self, rows: int) -> tuple[list[int], list[int]] | None:
+        """(uncond rows, cond rows) of a classifier-free-guidance batch, or None when it is not one."""
+        cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if cfg is None:
+            cfg = rows % 2 == 0 and rows > 1
+        if not cfg:
+            return None
+        return list(range(rows // 2)), list(range(rows // 2, rows))
+
+    # -- the hooks -----------------------------------------------------------------------------------
     def _before(self, module, args, kwargs) -> None:
+        self._reducer = None
+        if not self._reads(args, kwargs):
+            return
         sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         latent = self.backbone.latent_grid(sample)
         plan = self.backbone.capture_plan(latent, self.config)
-        self.proxy.reducer = StreamingReducer(plan, latent, self.keep_tokens, self.config)
-        if not self._installed:  # processors are installed once, on the first call, and read the proxy
-            self._stack.enter_context(self.backbone.capturing(plan, self.proxy))
-            self._installed = True
+        self._reducer = StreamingReducer(plan, latent, self.keep_tokens, self.config)
+        self._call_stack.enter_context(self.backbone.capturing(plan, self._reducer))
 
-    def _after(self, module, args, kwargs, output) -> None:
+    def _after(self, module, args, kwargs, output):
         if self._testing:
-            return
-        captured = self.proxy.reducer.finish()
-        rows = captured.cross[0].shape[0]
-        captured = captured.rows(
-            list(range(rows // 2, rows)) if rows % 2 == 0 and rows > 1 else list(range(rows))
-        )
-        self.sum = captured if self.sum is None else _add(self.sum, captured)
-        self.steps += 1
+            return None
+        self.calls += 1
+        if self._reducer is None:
+            return None
+        self._call_stack.close()  # processors back as they were before the next call
+        captured, self._reducer = self._reducer.finish(), None
+        return self.on_capture(captured, args, kwargs, output)
+
+    def on_capture(self, captured: CapturedAttention, args, kwargs, output):
+        """Add the call's conditional rows to the running sum; returns None (the output is not changed)."""
+        if self._accumulates(args, kwargs):
+            split = self._cfg_rows(captured.cross[0].shape[0])
+            kept = captured if split is None else captured.rows(split[1])
+            self.sum = kept if self.sum is None else _add(self.sum, kept)
+            self.steps += 1
+        return None
 
     def __enter__(self) -> Trace:
         denoiser = self.backbone.denoiser
@@ -91,18 +155,13 @@ class Trace:
     def __exit__(self, *exc) -> None:
         for hook in self._hooks:
             hook.remove()
-        self._stack.close()
-        self._installed = False
+        self._hooks = []
+        self._call_stack.close()  # a call that raised leaves its processors installed until here
+        self._reducer = None
 
-    def segment(
-        self, prompt: str, classes: list[str] | str, image=None, tau: float | None = None
-    ) -> Segmentation:
-        """Segment the generated image into classes named in `prompt` (maps averaged over the captured steps)."""
-        if self.sum is None:
-            raise BadConfigError(
-                "nothing was captured: run the pipeline inside the `with attnseg.trace(pipe)` block"
-            )
-        specs = parse_classes(classes)
+    # -- masks ---------------------------------------------------------------------------------------
+    def locate(self, prompt: str, specs: list[ClassSpec]) -> PromptPlan:
+        """The classes' token columns in `prompt`, with the rest column at the trace's kept width."""
         plan = self.backbone.prompt_builder().locate(prompt, specs)
         if plan.n_tokens > self.keep_tokens:
             raise BadConfigError(
@@ -114,34 +173,64 @@ class Trace:
             plan.layout.content_tokens,
             sorted(set(plan.layout.special_tokens) | {self.keep_tokens}),
         )
-        mean = _scale(self.sum, 1.0 / self.steps)
-        out = run_method(mean.rows([0]), layout, self.config)
-        size = (image.height, image.width) if image is not None else out.class_maps.shape[-2:]
-        scores = upsample(out.class_maps.float(), tuple(size))[0].clamp(0, 1).cpu()
-        tau = self.config.tau if tau is None else tau
-        labels = assign_labels(scores, tau)
-        presence = self._presence(specs, scores, image)
-        if presence is not None:  # absent classes: no score, no pixels
-            scores[~presence.present] = 0.0
-            labels = assign_labels(scores, tau)
-            labels[torch.isin(labels, torch.nonzero(~presence.present).flatten() + 1)] = 0
-        meta = {
-            "method": self.method,
-            "settings": self.config.to_dict(),
-            "prompt": prompt,
-            "steps": self.steps,
-            "token_spans": plan.token_spans,
-            "layers": mean.layer_names,
-            "presence": {"mode": "off"}
-            if not self.presence.enabled
-            else {"mode": self.presence.mode, "skipped": "no image= given: nothing to test the classes on"}
-            if presence is None
-            else presence.to_dict([s.name for s in specs], self.presence),
-        }
-        return Segmentation([s.name for s in specs], scores, labels, tau, image, meta)
+        return PromptPlan(plan.text, plan.class_indices, layout, plan.token_spans, plan.n_tokens)
 
-    def _presence(self, specs, scores_khw: torch.Tensor, image):
-        """The presence test on the generated image, prompted with the class list (None when off or no image)."""
+    def segment(
+        self, prompt: str, classes: list[str] | str, image=None, tau: float | None = None
+    ) -> Segmentation:
+        """Segment the (first) generated image into classes named in `prompt` (maps averaged over read steps)."""
+        return self.segment_all(prompt, classes, [image], tau)[0]
+
+    def segment_all(
+        self, prompt: str, classes: list[str] | str, images: list, tau: float | None = None
+    ) -> list[Segmentation]:
+        """One Segmentation per generated image of the run (rows in the pipeline's order)."""
+        if self.sum is None:
+            raise BadConfigError(
+                "nothing was captured: run the pipeline inside the `with attnseg.trace(pipe)` block"
+            )
+        specs = parse_classes(classes)
+        plan = self.locate(prompt, specs)
+        mean = _scale(self.sum, 1.0 / self.steps)
+        rows = mean.cross[0].shape[0]
+        if len(images) > rows:
+            raise BadConfigError(f"{len(images)} images given but the run generated {rows}")
+        out = run_method(mean.rows(list(range(len(images)))), plan.layout, self.config)
+        tau = self.config.tau if tau is None else tau
+        results = []
+        for row, image in enumerate(images):
+            size = (image.height, image.width) if image is not None else out.class_maps.shape[-2:]
+            scores = upsample(out.class_maps[row : row + 1].float(), tuple(size))[0].clamp(0, 1).cpu()
+            meta = {
+                "method": self.method,
+                "settings": self.config.to_dict(),
+                "prompt": prompt,
+                "steps": self.steps,
+                "read_last": self.read_last,
+                "token_spans": plan.token_spans,
+                "layers": mean.layer_names,
+            }
+            labels = assign_labels(scores, tau)
+            presence = self._presence(specs, scores, image)
+            if presence is not None:  # absent classes: no score, no pixels
+                scores[~presence.present] = 0.0
+                labels = assign_labels(scores, tau)
+                labels[torch.isin(labels, torch.nonzero(~presence.present).flatten() + 1)] = 0
+            meta["presence"] = (
+                {"mode": "off"}
+                if not self.presence.enabled
+                else {
+                    "mode": self.presence.mode,
+                    "skipped": "no image= given: nothing to test the classes on",
+                }
+                if presence is None
+                else presence.to_dict([s.name for s in specs], self.presence)
+            )
+            results.append(Segmentation([s.name for s in specs], scores, labels, tau, image, meta))
+        return results
+
+    def _presence(self, specs: list[ClassSpec], scores_khw: torch.Tensor, image):
+        """The presence test on a generated image, prompted with the class list (None when off or no image)."""
         if not self.presence.enabled or image is None:
             return None
         from attnseg.presence import find_present
@@ -182,10 +271,15 @@ def _scale(a: CapturedAttention, factor: float) -> CapturedAttention:
 
 
 def trace(
-    pipe, method: str = "goca", keep_tokens: int = 77, presence: str | bool = "on", **overrides: object
+    pipe,
+    method: str = "goca",
+    keep_tokens: int = 77,
+    read_last: float = 1.0,
+    presence: str | bool = "on",
+    **overrides: object,
 ) -> Trace:
     """Context manager: `with trace(pipe) as tr: image = pipe(prompt).images[0]`, then `tr.segment(prompt, [...])`.
 
     presence "on" (default) tests which named classes the generated image shows (needs image=); "off" keeps all.
     """
-    return Trace(pipe, method, keep_tokens, presence, **overrides)
+    return Trace(pipe, method, keep_tokens, read_last, presence=presence, **overrides)

@@ -82,6 +82,13 @@ def _refine(maps: torch.Tensor, captured: CapturedAttention, config: MethodConfi
     return propagate(maps, captured.affinity, config.refine_steps)
 
 
+def token_maps(captured: CapturedAttention, config: MethodConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b) Every kept token's map with the layers weighed the config's way: B×T×h×w, and the weights B×L."""
+    maps = captured.cross
+    weights = _layer_weights(captured, config, maps[0].shape[0]).to(maps[0].device)
+    return combine_layers(maps, captured.grids, weights, captured.map_size), weights
+
+
 def run_method(
     captured: CapturedAttention, layout: TokenLayout, config: MethodConfig, keep_steps: bool = False
 ) -> MethodOutput:
@@ -94,10 +101,8 @@ def run_method(
             f"the capture aggregated heads by {captured.head_aggregation!r} but the method asks for "
             f"{config.head_aggregation!r}: capture again with this config"
         )
-    maps = captured.cross
-    batch = maps[0].shape[0]
-    weights = _layer_weights(captured, config, batch).to(maps[0].device)
-    attn = combine_layers(maps, captured.grids, weights, captured.map_size)  # B×T×h×w
+    attn, weights = token_maps(captured, config)  # B×T×h×w
+    batch = attn.shape[0]
     special = (
         attn[:, layout.special_tokens].sum(1).mean(dim=(1, 2))
         if layout.special_tokens
