@@ -26,17 +26,19 @@ from PIL import Image
 
 from attnseg import Segmentor
 from attnseg.cli import parse_settings, setting_pair
+from attnseg.eval.metrics import ConfusionMeter
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.layers import combine_layers
 from attnseg.method.pipeline import _layer_weights, run_method
 from attnseg.method.presence import restrict_layout
 from attnseg.method.rescale import class_maps, content_sum
-from attnseg.prompts import _with_rest_column, parse_classes
+from attnseg.prompts import parse_classes, with_rest_column
 from attnseg.world.render import CLASSES
-from attnseg.world.scaling import N_IDS, add_confusion, per_class_iou, read_rows
+from attnseg.world.scaling import read_rows
 
 NAMES = [c.name for c in CLASSES]
 IDS = [c.id for c in CLASSES]
+N_IDS = 1 + max(IDS)  # world ids; 0 is background, which τ 0 never gives
 
 
 def capture(seg: Segmentor, image: Image.Image, names: list[str], seed: int = 0, per_prompt: int = 0):
@@ -46,7 +48,7 @@ def capture(seg: Segmentor, image: Image.Image, names: list[str], seed: int = 0,
         chunks = [list(range(i, min(i + per_prompt, len(specs)))) for i in range(0, len(specs), per_prompt)]
         raw = [seg.builder._plan(specs, c, [])[0] for c in chunks]
         keep = max(p.n_tokens for p in raw)
-        plans = [_with_rest_column(p, keep) for p in raw]
+        plans = [with_rest_column(p, keep) for p in raw]
     else:
         plans = seg.builder.build(specs, [])
     keep = max(p.n_tokens for p in plans)
@@ -199,9 +201,16 @@ def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, im
     return np.array([0] + [IDS[i] for i in kept])[out.labels.numpy()]
 
 
-def miou_of(conf: np.ndarray) -> tuple[float, float]:
-    per = per_class_iou(conf)
-    return float(np.mean(list(per.values()))), float(np.trace(conf) / max(1, conf.sum()) * 100)
+def add_confusion(meter: ConfusionMeter, gt: np.ndarray, pred: np.ndarray) -> None:
+    """Count one scene's world-id truth and prediction (void pixels skipped)."""
+    meter.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
+
+
+def miou_of(meter: ConfusionMeter) -> tuple[float, float]:
+    """(mIoU % over the classes in the truth, pixel accuracy %)."""
+    scores, seen = meter.compute(), meter.mat[:N_IDS].sum(1)
+    miou = float(np.mean([scores.iou[i] for i in IDS if seen[i] > 0]))
+    return 100 * miou, 100 * scores.pixel_accuracy
 
 
 def auc(scores: np.ndarray, truth: np.ndarray) -> float:
@@ -239,7 +248,7 @@ def end_to_end(args: argparse.Namespace) -> None:
         args.model, args.method, "cpu", "float32", tau=0.0, **parse_settings(args.overrides), **settings
     )
     root = Path(args.root)
-    conf = np.zeros((N_IDS, N_IDS), np.int64)
+    conf = ConfusionMeter(N_IDS)
     said, truth, rows_run = [], [], []
     t0 = time.perf_counter()
     for r in read_rows(root, args.n):
@@ -332,7 +341,7 @@ def main() -> None:
     report = {"n": len(rows), "prompts": n_prompts, "seconds_per_image_features": sec, "candidates": {}}
 
     def seg_conf(decisions, scheme):
-        conf = np.zeros((N_IDS, N_IDS), np.int64)
+        conf = ConfusionMeter(N_IDS)
         for (image, gt, plans, cap, sc), keep in zip(cache, decisions):
             add_confusion(conf, gt, segment_from(seg, plans, cap, keep, scheme, image, sc))
         return miou_of(conf)

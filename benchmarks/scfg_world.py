@@ -6,9 +6,10 @@
     python benchmarks/scfg_world.py time --out runs/scfg --captions 8      # s per image, interleaved
     python benchmarks/scfg_world.py score --out runs/scfg                  # tables.md, results.json, scfg.png
 
-The evaluator is a small CNN trained on rendered train scenes to say which classes and which colour–thing
-pairs an image shows; it scores generated images of held-out (val) captions, and its pooled features give a
-Fréchet distance between generated images and the rendered scenes of the same captions.
+The evaluator is a linear head on fixed random texture filters and colour shares, trained on rendered train
+scenes to say which classes and which colour–thing pairs an image shows; it scores generated images of
+held-out (val) captions, and its pooled features give a Fréchet distance between generated images and the
+rendered scenes of the same captions.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 import attnseg
+from attnseg.eval.metrics import ConfusionMeter
 from attnseg.guidance import GenerateOptions, ImageGenerator
 from attnseg.io import atomic_path, write_json
 from attnseg.method.labels import assign_labels
 from attnseg.world.render import CLASS_BY_NAME, CLASSES, COLOURS, THINGS, render_scenes
-from attnseg.world.scaling import add_confusion, per_class_iou
 
 N_CLASSES = len(CLASSES)
 COLOUR_NAMES = list(COLOURS)
@@ -257,16 +258,22 @@ def cmd_windows(args: argparse.Namespace) -> None:
     seg = attnseg.Segmentor.from_pretrained(args.model, tau=0.0)
     rows = []
     for read_last in args.read_last:
-        conf = np.zeros((N_CLASSES + 1, N_CLASSES + 1), np.int64)
+        meter = ConfusionMeter(N_CLASSES + 1)  # world ids; 0 is background, which τ 0 never gives
         for i, scene in enumerate(captions(args.captions)):
             options = GenerateOptions(guidance="cfg", cfg=args.cfg, masks=True, read_last=read_last)
             result = gen.generate(scene.caption, None, options, seed=i)[0]
             masks = result.segmentation
-            add_confusion(conf, *_mask_pair(masks.classes, masks.scores, seg, result.image))
-        per = per_class_iou(conf)
-        rows.append({"read_last": read_last, "miou": float(np.mean(list(per.values())))})
+            ref, mine = _mask_pair(masks.classes, masks.scores, seg, result.image)
+            meter.update(torch.from_numpy(mine), torch.from_numpy(ref))
+        rows.append({"read_last": read_last, "miou": _miou_over_truth(meter)})
         print(rows[-1], flush=True)
     write_json(Path(args.out) / "windows.json", {"captions": args.captions, "cfg": args.cfg, "rows": rows})
+
+
+def _miou_over_truth(meter: ConfusionMeter) -> float:
+    """Mean IoU % over the world classes that `attnseg segment` (the truth side) shows."""
+    iou, seen = meter.compute().iou, meter.mat[: N_CLASSES + 1].sum(1)
+    return 100 * float(np.mean([iou[c.id] for c in CLASSES if seen[c.id] > 0]))
 
 
 def _mask_pair(classes: list[str], scores_khw: torch.Tensor, seg, image) -> tuple[np.ndarray, np.ndarray]:
@@ -388,21 +395,20 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def _mask_scores(out: Path, cell: dict, probs: np.ndarray, seg) -> dict:
     """Generation masks against `attnseg segment` on the same image (mIoU), and against the evaluator."""
-    conf = np.zeros((N_CLASSES + 1, N_CLASSES + 1), np.int64)
+    meter = ConfusionMeter(N_CLASSES + 1)
     shown = agreed = 0
     for (name, _), p in zip(cell["imgs"], probs):
         data = np.load(out / "images" / f"{name}_masks.npz")
         scores = torch.from_numpy(data["scores"].astype(np.float32))
         image = Image.open(out / "images" / f"{name}.png").convert("RGB")
         ref, mine = _mask_pair(_classes_of(out, name), scores, seg, image)
-        add_confusion(conf, ref, mine)
+        meter.update(torch.from_numpy(mine), torch.from_numpy(ref))
         for cid in np.unique(mine):
             if cid and (mine == cid).mean() >= 0.02:  # a class the masks show on 2% of the image or more
                 shown += 1
                 agreed += bool(p[cid - 1] > 0.5)
-    per = per_class_iou(conf)
     return {
-        "masks_vs_segment_miou": float(np.mean(list(per.values()))),
+        "masks_vs_segment_miou": _miou_over_truth(meter),
         "masks_shown_present": agreed / max(1, shown),
     }
 
