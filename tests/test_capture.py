@@ -10,6 +10,7 @@ from attnseg.method.heads import aggregate_heads, head_weights
 from attnseg.method.layers import layer_similarity, reference_affinity, resize_self_attention
 from attnseg.method.pipeline import TokenLayout, run_method
 from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
+from attnseg.testing import joint_read_plan
 
 MEAN_HEADS = MethodConfig(head_aggregation="mean")
 
@@ -91,14 +92,7 @@ def test_joint_attend_restricts_softmax_per_block(propagation):
     q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
     reducer = _reducer((2, 2), 3, (2, 2), (2, 2), propagation)
     reducer.set_reference(torch.randn(b, p, 5), (2, 2))
-    plan = AttentionPlan(
-        "J",
-        read_cross=True,
-        read_self=True,
-        image_queries=slice(n, n + p),
-        text_keys=slice(0, n),
-        image_keys=slice(n, n + p),
-    )
+    plan = joint_read_plan(n, p)
     out = attend(
         q, k, v, scale=d**-0.5, mask=None, plan=plan, reducer=reducer, out_proj_weight=torch.randn(5, h * d)
     )
@@ -172,14 +166,7 @@ def test_goca_heads_are_weighted_by_the_output_and_mean_heads_never_compute_weig
     b, h, n, p, d = 1, 3, 3, 4, 4  # joint sequence: [text (3), image (4)]
     q, k, v = (torch.randn(b, h, n + p, d) for _ in range(3))
     weight = torch.randn(5, h * d)
-    plan = AttentionPlan(
-        "J",
-        read_cross=True,
-        read_self=True,
-        image_queries=slice(n, n + p),
-        text_keys=slice(0, n),
-        image_keys=slice(n, n + p),
-    )
+    plan = joint_read_plan(n, p)
     captured = {}
     for heads in ("goca", "mean"):
         reducer = _reducer((2, 2), 3, (2, 2), None, propagation, MethodConfig(head_aggregation=heads))

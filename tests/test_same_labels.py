@@ -13,6 +13,7 @@ from attnseg.method.labels import assign_labels
 from attnseg.method.streaming import AttentionPlan, CapturePlan, StreamingReducer, attend
 from attnseg.prompts import PromptBuilder
 from attnseg.segmentor import Segmentor
+from attnseg.testing import joint_read_plan
 from attnseg.world import model as wm
 from attnseg.world.render import CLASSES, render_scenes
 
@@ -57,14 +58,7 @@ def test_chunked_attention_gives_the_unchunked_reductions(propagation, masked):
     q, k, v = (torch.randn(1, h, n + p, d) for _ in range(3))
     mask = torch.randn(1, h, n + p, n + p) if masked else None
     weight = torch.randn(7, h * d)
-    plan = AttentionPlan(
-        "J",
-        read_cross=True,
-        read_self=True,
-        image_queries=slice(n, n + p),
-        text_keys=slice(0, n),
-        image_keys=slice(n, n + p),
-    )
+    plan = joint_read_plan(n, p)
     whole = _reduce(1e6, plan, q, k, v, mask, weight, propagation)
     # 4 bytes × 21 keys × 1 head: one query row of one head per chunk, the smallest the budget allows.
     tiny = _reduce(84 / 2**20, plan, q, k, v, mask, weight, propagation)

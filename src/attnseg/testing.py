@@ -14,6 +14,20 @@ WORDS = (
 ).split()
 
 
+def joint_read_plan(n_text: int, n_image: int, name: str = "J"):
+    """The read plan of a joint attention call over [text (n_text), image (n_image)] tokens, cross and self."""
+    from attnseg.method.streaming import AttentionPlan
+
+    return AttentionPlan(
+        name,
+        read_cross=True,
+        read_self=True,
+        image_queries=slice(n_text, n_text + n_image),
+        text_keys=slice(0, n_text),
+        image_keys=slice(n_text, n_text + n_image),
+    )
+
+
 def tiny_clip_tokenizer(folder: Path, max_length: int = 77):
     """A CLIP BPE tokenizer over a small vocabulary (letters plus a few merges), with start/end tokens."""
     from transformers import CLIPTokenizer
@@ -59,20 +73,22 @@ def _clip_text_encoder(
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def _tiny_vae(seed: int = 0):
+def _tiny_vae(seed: int = 0, latent_channels: int = 4, **extra):
+    """A two-level VAE (downsampling ×2); `extra` sets scaling/shift factors."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        latent_channels=4,
+        latent_channels=latent_channels,
         block_out_channels=(16, 32),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=32,
+        **extra,
     )
 
 
@@ -201,22 +217,7 @@ def _tiny_t5_encoder(vocab_size: int, width: int = 32, seed: int = 0):
 
 def _tiny_vae16(seed: int = 0):
     """A 16-channel latent VAE with a shift factor, like SD3's and FLUX's (downsampling ×2)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=32,
-        scaling_factor=1.5,
-        shift_factor=0.06,
-    )
+    return _tiny_vae(seed, latent_channels=16, scaling_factor=1.5, shift_factor=0.06)
 
 
 def build_tiny_pixart(folder: str | Path, sigma: bool = True, seed: int = 0) -> Path:
