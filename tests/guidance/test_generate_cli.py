@@ -103,3 +103,19 @@ def test_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     file_out = tmp_path / "a_file"
     file_out.write_text("x")
     assert generate("--out", str(file_out), "--n", "1") == 2 and file_out.read_text() == "x"
+
+
+def test_overwrite_writes_beside_the_users_files_and_keeps_them(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "000_seed0").mkdir()
+    (out / "000_seed0" / "draft.txt").write_text("mine too")
+    assert generate("--guidance", "cfg", "--n", "1", "--classes", "star", "--out", str(out), "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "000_seed0" / "draft.txt").read_text() == "mine too"
+    assert Image.open(out / "000_seed0" / "image.png").size == (64, 64)
+    # a second run without --overwrite finds files it did not write and leaves everything as it is
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert generate("--guidance", "cfg", "--n", "2", "--classes", "star", "--out", str(out)) == 2
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
