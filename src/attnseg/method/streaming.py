@@ -132,15 +132,7 @@ class StreamingReducer:
         rows: which of the layer's image rows these are (default all): a call may hand its rows in chunks.
         """
         self._register(layer, grid)
-        weights_bhp = None
-        if self.config.weights_heads:
-            if out_proj_weight is not None:
-                weights_bhp = head_weights(out_bhpd.float(), out_proj_weight.float())
-            else:  # no projection to weigh heads by: uniform weights
-                weights_bhp = torch.full(
-                    probs_bhpn.shape[:3], 1.0 / probs_bhpn.shape[1], device=out_bhpd.device
-                )
-        maps = aggregate_heads(probs_bhpn, weights_bhp)  # B×P×N
+        maps = aggregate_heads(probs_bhpn, self._head_weights(probs_bhpn, out_bhpd, out_proj_weight))  # B×P×N
         kept = maps[..., : self.keep_tokens]
         if kept.shape[-1] < self.keep_tokens:  # a text shorter than the kept columns: pad with zeros
             kept = F.pad(kept, (0, self.keep_tokens - kept.shape[-1]))
@@ -154,6 +146,16 @@ class StreamingReducer:
             self.cross[layer][:, rows, : self.keep_tokens] = kept
             self.cross[layer][:, rows, self.keep_tokens :] = rest
         self._track()
+
+    def _head_weights(
+        self, probs_bhpn: torch.Tensor, out_bhpd: torch.Tensor, out_proj_weight: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """(a) GoCA's per-pixel head weights B×H×P, or None when the config averages heads."""
+        if not self.config.weights_heads:
+            return None
+        if out_proj_weight is None:  # no projection to weigh heads by: uniform weights
+            return torch.full(probs_bhpn.shape[:3], 1.0 / probs_bhpn.shape[1], device=out_bhpd.device)
+        return head_weights(out_bhpd.float(), out_proj_weight.float())
 
     def add_self(
         self,
@@ -171,41 +173,55 @@ class StreamingReducer:
         self._register(layer, grid)
         query_grid = tuple(query_grid or grid)
         rows = rows if rows is not None else slice(0, query_grid[0] * query_grid[1])
-        renormalize = self.config.renormalize_resized_rows
-        batch = attn_bqk.shape[0]
         if layer in self.propagation_layers:
             if query_grid != tuple(grid):
                 raise RuntimeError(f"propagation layer {layer} was captured on a subset of its query rows")
-            picked, on_map = resize_self_attention_rows(attn_bqk, rows, grid, self.map_size, renormalize)
-            if self.affinity_sum is None:
-                positions = self.map_size[0] * self.map_size[1]
-                self.affinity_sum = on_map.new_zeros(batch, positions, positions)
-            _add_rows(self.affinity_sum, picked, on_map)
-            self._propagated.add(layer)
-            self.affinity_count = len(self._propagated)
+            self._propagate_rows(layer, attn_bqk, rows, grid)
         if self.reference_grid is not None:
-            n_ref = self.reference_grid[0] * self.reference_grid[1]
-            n_query, n_key = query_grid[0] * query_grid[1], grid[0] * grid[1]
-            if self.reference is None and n_query * n_key <= n_ref * n_ref:
-                # A layer coarser than the reference grid waits at its own size (SDXL: a 32² layer is 16×
-                # smaller than on the 64² grid) and is resized when R comes: the same numbers, later.
-                if layer not in self.pending:
-                    self.pending[layer] = attn_bqk.new_zeros(batch, n_query, n_key)
-                    self.pending_grids[layer] = (tuple(grid), query_grid)
-                self.pending[layer][:, rows] = attn_bqk
-            else:
-                picked, on_ref = resize_self_attention_rows(
-                    attn_bqk, rows, grid, self.reference_grid, renormalize, query_grid
-                )
-                if self.reference is not None:
-                    part = layer_similarity(self.reference[:, picked], on_ref)
-                    self.scores[layer] = part if layer not in self.scores else self.scores[layer] + part
-                else:
-                    if layer not in self.pending:
-                        self.pending[layer] = on_ref.new_zeros(batch, n_ref, n_ref)
-                        self.pending_grids[layer] = (tuple(self.reference_grid),) * 2
-                    self.pending[layer][:, picked] = on_ref
+            self._score_rows(layer, attn_bqk, rows, grid, query_grid)
         self._track()
+
+    def _propagate_rows(self, layer: str, attn_bqk: torch.Tensor, rows: slice, grid: tuple[int, int]) -> None:
+        """(d) Add these query rows, resized to the map grid, to the propagation sum."""
+        renormalize = self.config.renormalize_resized_rows
+        picked, on_map = resize_self_attention_rows(attn_bqk, rows, grid, self.map_size, renormalize)
+        if self.affinity_sum is None:
+            positions = self.map_size[0] * self.map_size[1]
+            self.affinity_sum = on_map.new_zeros(attn_bqk.shape[0], positions, positions)
+        _add_rows(self.affinity_sum, picked, on_map)
+        self._propagated.add(layer)
+        self.affinity_count = len(self._propagated)
+
+    def _score_rows(
+        self,
+        layer: str,
+        attn_bqk: torch.Tensor,
+        rows: slice,
+        grid: tuple[int, int],
+        query_grid: tuple[int, int],
+    ) -> None:
+        """(b) Score these query rows against R, or keep them until R comes."""
+        batch, n_ref = attn_bqk.shape[0], self.reference_grid[0] * self.reference_grid[1]
+        n_query, n_key = query_grid[0] * query_grid[1], grid[0] * grid[1]
+        if self.reference is None and n_query * n_key <= n_ref * n_ref:
+            # A layer coarser than the reference grid waits at its own size (SDXL: a 32² layer is 16×
+            # smaller than on the 64² grid) and is resized when R comes: the same numbers, later.
+            if layer not in self.pending:
+                self.pending[layer] = attn_bqk.new_zeros(batch, n_query, n_key)
+                self.pending_grids[layer] = (tuple(grid), query_grid)
+            self.pending[layer][:, rows] = attn_bqk
+            return
+        picked, on_ref = resize_self_attention_rows(
+            attn_bqk, rows, grid, self.reference_grid, self.config.renormalize_resized_rows, query_grid
+        )
+        if self.reference is not None:
+            part = layer_similarity(self.reference[:, picked], on_ref)
+            self.scores[layer] = part if layer not in self.scores else self.scores[layer] + part
+            return
+        if layer not in self.pending:
+            self.pending[layer] = on_ref.new_zeros(batch, n_ref, n_ref)
+            self.pending_grids[layer] = (tuple(self.reference_grid),) * 2
+        self.pending[layer][:, picked] = on_ref
 
     def track_transient(self, *tensors: torch.Tensor) -> None:
         """Note the largest working set one attention call held at once (for the memory report)."""
@@ -331,6 +347,15 @@ def _restrict(probs: torch.Tensor, cols, joint: bool) -> torch.Tensor:
 # -- the three ways a read call is computed -------------------------------------------------------------
 # Each walks the image query rows in chunks (and heads in groups) sized by `_chunking`, hands every chunk's
 # reduction to the reducer and drops it: the transient of a call is one chunk, whatever the image size.
+def _text_rows_fused(q, k, v, scale: float, mask, img: slice) -> torch.Tensor:
+    """An output tensor whose text-query rows (of a joint call) come from the fused kernel; image rows unset."""
+    out = torch.empty_like(q)
+    for part in (slice(0, img.start), slice(img.stop, q.shape[2])):
+        if part.stop > part.start:
+            out[:, :, part] = _sdpa(q[:, :, part], k, v, _mask_block(mask, part, slice(None)), scale)
+    return out
+
+
 def _attend_propagation(
     q, k, v, scale: float, mask, plan: AttentionPlan, img: slice, reducer: StreamingReducer, out_proj_weight
 ) -> torch.Tensor:
@@ -339,11 +364,7 @@ def _attend_propagation(
     Returns the output B×H×L×d; the cross-attention (if read) and the head-mean self-attention go to the
     reducer chunk by chunk.
     """
-    out = torch.empty_like(q)
-    length = q.shape[2]
-    for part in (slice(0, img.start), slice(img.stop, length)):
-        if part.stop > part.start:  # text-query rows of a joint call: fused, nothing read
-            out[:, :, part] = _sdpa(q[:, :, part], k, v, _mask_block(mask, part, slice(None)), scale)
+    out = _text_rows_fused(q, k, v, scale, mask, img)
     b, h, positions = q.shape[0], q.shape[1], img.stop - img.start
     grid = reducer.grid_for(positions)
     groups, chunk = _chunking(b, h, positions, k.shape[2], reducer.config.attention_chunk_mib)
