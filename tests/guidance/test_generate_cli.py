@@ -111,7 +111,9 @@ def test_overwrite_writes_beside_the_users_files_and_keeps_them(tmp_path):
     (out / "notes.txt").write_text("keep me")
     (out / "000_seed0").mkdir()
     (out / "000_seed0" / "draft.txt").write_text("mine too")
-    assert generate("--guidance", "cfg", "--n", "1", "--classes", "star", "--out", str(out), "--overwrite") == 0
+    assert (
+        generate("--guidance", "cfg", "--n", "1", "--classes", "star", "--out", str(out), "--overwrite") == 0
+    )
     assert (out / "notes.txt").read_text() == "keep me"
     assert (out / "000_seed0" / "draft.txt").read_text() == "mine too"
     assert Image.open(out / "000_seed0" / "image.png").size == (64, 64)
