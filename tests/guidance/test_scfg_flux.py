@@ -114,3 +114,17 @@ def test_trace_of_true_cfg_reads_the_cond_forwards_of_its_window(flux_pipe):
     assert tr.calls == 8 and tr.steps == 2
     segs = tr.segment_all(PROMPT, CLASSES, images)  # both images: FLUX batches no uncond rows
     assert [seg.classes for seg in segs] == [CLASSES, CLASSES]
+
+
+def test_the_generator_guides_flux_through_true_cfg(tmp_path):
+    from attnseg.guidance.generate import GenerateOptions, ImageGenerator
+
+    generator = ImageGenerator.from_pretrained(str(build_tiny_flux(tmp_path / "m")), device="cpu")
+    options = GenerateOptions(guidance="s-cfg", cfg=CFG, steps=2, masks=True, read_last=0.5)
+    plain = generator.generate(PROMPT, CLASSES, GenerateOptions(guidance="cfg", cfg=CFG, steps=2), n=1)
+    result = generator.generate(PROMPT, CLASSES, options, n=1)[0]
+    rates = result.meta["rate_mean_per_step"]
+    assert len(rates) == 2 and rates != [1.0, 1.0] and result.segmentation.meta["steps"] == 1
+    assert result.segmentation.classes == CLASSES and result.segmentation.labels.shape == (32, 32)
+    assert plain[0].image.size == result.image.size == (32, 32)
+    assert plain[0].image.tobytes() != result.image.tobytes()
