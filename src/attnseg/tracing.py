@@ -9,11 +9,11 @@ import torch
 
 from attnseg.backbones import FAMILIES, Backbone
 from attnseg.errors import BadCheckpointError, BadConfigError
-from attnseg.method.config import method_config
+from attnseg.method.config import MethodConfig, method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
 from attnseg.method.presence import presence_config
-from attnseg.method.streaming import StreamingReducer
+from attnseg.method.streaming import CapturePlan, StreamingReducer
 from attnseg.prompts import ClassSpec, PromptPlan, parse_classes
 from attnseg.segmentation import Segmentation
 from attnseg.segmentor import config_for
@@ -99,6 +99,8 @@ class Trace:
         self._reducer: StreamingReducer | None = None
         self._call_stack = contextlib.ExitStack()
         self._hooks: list = []
+        # (latent h×w, whether under the trace's own config) → the capture plan (read-only)
+        self._plans: dict[tuple[tuple[int, int], bool], CapturePlan] = {}
         self._testing = False  # True while the presence test runs the denoiser: its calls are not captured
         # Two-forward CFG: the latents and timestep of the last cond forward, and whether this call is uncond.
         self._last_cond: tuple[torch.Tensor, float | None] | None = None
@@ -122,6 +124,10 @@ class Trace:
     def _accumulates(self, args, kwargs) -> bool:
         """Whether this call's conditional rows join the masks' average."""
         return not self._uncond_call and self._in_window(args, kwargs)
+
+    def _capture_config(self) -> MethodConfig:
+        """The method config this call's capture plan and reducer follow (subclasses may read less)."""
+        return self.config
 
     def _pair_step(self, args, kwargs) -> None:
         """Two-forward CFG: mark this call uncond when it repeats the last cond call's latents and timestep."""
@@ -160,8 +166,12 @@ class Trace:
             return
         sample = denoiser_input(args, kwargs)
         latent = self.backbone.latent_grid(sample)
-        plan = self.backbone.capture_plan(latent, self.config)
-        self._reducer = StreamingReducer(plan, latent, self.keep_tokens, self.config)
+        config = self._capture_config()
+        key = (latent, config is self.config)
+        plan = self._plans.get(key)
+        if plan is None:  # one plan per latent size: building it walks the denoiser's modules
+            plan = self._plans[key] = self.backbone.capture_plan(latent, config)
+        self._reducer = StreamingReducer(plan, latent, self.keep_tokens, config)
         self._call_stack.enter_context(self.backbone.capturing(plan, self._reducer))
 
     def _after(self, module, args, kwargs, output):

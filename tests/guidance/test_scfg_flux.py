@@ -59,10 +59,14 @@ def test_rate_one_is_plain_true_cfg_bit_for_bit(flux_pipe):
         same = generate(flux_pipe)
     assert torch.equal(same, plain) and guide.rate_means == [1.0, 1.0, 1.0]
     assert guide.calls == 6 and guide.steps == 3  # two forwards a step; the masks read the cond ones
-    # GoCA's propagation layers compute their output from explicit probabilities (within 1e-4 of the kernel).
+    # GoCA's propagation layers compute their output from explicit probabilities (within 1e-4 of the kernel),
+    # on the cond forward only: the uncond forward reads no propagation layer, so it is the plain one and the
+    # run equals plain true CFG under the same cond capture (a trace reads the cond forwards alone).
+    with attnseg.trace(flux_pipe, keep_tokens=32, presence="off"):
+        traced = generate(flux_pipe)
     with scfg(flux_pipe, PROMPT, CLASSES, guidance_scale=CFG, rate=one):
         same = generate(flux_pipe)
-    assert torch.allclose(same, plain, atol=1e-4)
+    assert torch.equal(same, traced) and torch.allclose(same, plain, atol=1e-4)
 
 
 def test_a_fixed_rate_scales_the_true_cfg(flux_pipe):

@@ -20,6 +20,7 @@ latent grid (the backbone's `unpack_latents`) and the result packed back.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from attnseg.backbones import Backbone
 from attnseg.errors import BadConfigError
 from attnseg.guidance.rate import RateConfig, foreground_mask, guidance_rate, guided_cond, region_masks
+from attnseg.method.config import MethodConfig
 from attnseg.method.pipeline import CapturedAttention, run_method, token_maps
 from attnseg.prompts import ClassSpec, parse_classes
 from attnseg.tracing import Trace, denoiser_sample, with_sample
@@ -71,6 +73,7 @@ class SemanticCFG(Trace):
         self.rate_config = rate or RateConfig()
         self.rate_means: list[float] = []  # the mean rate of each guided forward, for result.json
         self._held: HeldCond | None = None
+        self._start_config = dataclasses.replace(self.config, refine="none")
         if not self.backbone.cfg_in_one_batch and guidance_scale is None:
             # FluxPipeline keeps no true_cfg_scale (its guidance_scale is the distilled embedding's, not CFG).
             raise BadConfigError(
@@ -80,6 +83,13 @@ class SemanticCFG(Trace):
 
     def _reads(self, args, kwargs) -> bool:
         return not self._testing  # every step's guidance needs that step's maps, the uncond forward's too
+
+    def _capture_config(self) -> MethodConfig:
+        # Two-forward CFG: the uncond forward gives only the start-token map, which is never refined, so it
+        # reads no propagation layer (their processors then run the fused kernel, as the plain pipeline does).
+        if self._uncond_call:
+            return self._start_config
+        return self.config
 
     def cfg_scale(self) -> float | None:
         """The guidance scale of the run in progress: the one given, else the pipeline's own."""
