@@ -9,11 +9,11 @@ import torch
 
 from attnseg.backbones import FAMILIES, Backbone
 from attnseg.errors import BadCheckpointError, BadConfigError
-from attnseg.method.config import method_config
+from attnseg.method.config import MethodConfig, method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
 from attnseg.method.presence import presence_config
-from attnseg.method.streaming import StreamingReducer
+from attnseg.method.streaming import CapturePlan, StreamingReducer
 from attnseg.prompts import ClassSpec, PromptPlan, parse_classes
 from attnseg.segmentation import Segmentation
 from attnseg.segmentor import config_for
@@ -39,6 +39,17 @@ def denoiser_sample(output) -> torch.Tensor:
     return output.sample
 
 
+def denoiser_input(args, kwargs) -> torch.Tensor:
+    """The latents a denoiser call was given (UNets name them `sample`, transformers `hidden_states`)."""
+    return args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+
+
+def denoiser_timestep(args, kwargs) -> float | None:
+    """The (first row's) timestep a denoiser call was given, as the pipeline passed it."""
+    t = args[1] if len(args) > 1 else kwargs.get("timestep")
+    return None if t is None else float(torch.as_tensor(t).flatten()[0])
+
+
 def with_sample(output, sample: torch.Tensor):
     """The same output with its prediction replaced."""
     if isinstance(output, torch.Tensor):
@@ -56,6 +67,10 @@ class Trace:
     nothing outlives a step but the running sum of the conditional rows. `read_last`: the fraction of the
     run's steps, counted from the last, whose attention the masks average (1.0: every step). `presence`:
     "on" tests which named classes a generated image shows (segment with image=); "off" keeps them all.
+
+    Families whose pipelines run CFG as two forwards per step (FLUX's true CFG: cond, then uncond on the same
+    latents and timestep) have each call told apart by `_pair_step`: a call on the previous call's latents and
+    timestep is that step's uncond forward, whose maps the masks leave out.
     """
 
     def __init__(
@@ -84,29 +99,56 @@ class Trace:
         self._reducer: StreamingReducer | None = None
         self._call_stack = contextlib.ExitStack()
         self._hooks: list = []
+        # (latent h×w, whether under the trace's own config) → the capture plan (read-only)
+        self._plans: dict[tuple[tuple[int, int], bool], CapturePlan] = {}
         self._testing = False  # True while the presence test runs the denoiser: its calls are not captured
+        # Two-forward CFG: the latents and timestep of the last cond forward, and whether this call is uncond.
+        self._last_cond: tuple[torch.Tensor, float | None] | None = None
+        self._uncond_call = False
 
     # -- which calls are read ------------------------------------------------------------------------
     def _in_window(self, args, kwargs) -> bool:
         """Whether this call is one of the last `read_last` of the run's steps (from the scheduler's steps)."""
         timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        t = denoiser_timestep(args, kwargs)
         if timesteps is None or t is None or len(timesteps) == 0:
             return True
-        t = float(torch.as_tensor(t).flatten()[0])
+        t *= self.backbone.pipeline_timestep_scale
         index = int((timesteps.float() - t).abs().argmin())
         return index >= len(timesteps) - max(1, round(self.read_last * len(timesteps)))
 
     def _reads(self, args, kwargs) -> bool:
         """Whether this call's attention is captured."""
-        return not self._testing and self._in_window(args, kwargs)
+        return not self._testing and not self._uncond_call and self._in_window(args, kwargs)
 
     def _accumulates(self, args, kwargs) -> bool:
         """Whether this call's conditional rows join the masks' average."""
-        return self._in_window(args, kwargs)
+        return not self._uncond_call and self._in_window(args, kwargs)
+
+    def _capture_config(self) -> MethodConfig:
+        """The method config this call's capture plan and reducer follow (subclasses may read less)."""
+        return self.config
+
+    def _pair_step(self, args, kwargs) -> None:
+        """Two-forward CFG: mark this call uncond when it repeats the last cond call's latents and timestep."""
+        if self.backbone.cfg_in_one_batch:
+            return
+        latents, t = denoiser_input(args, kwargs), denoiser_timestep(args, kwargs)
+        last = self._last_cond
+        self._uncond_call = (
+            last is not None
+            and t == last[1]
+            and latents.shape == last[0].shape
+            and torch.equal(latents, last[0])
+        )
+        # Both forwards of a step take the same latents (the pipeline steps them after the pair): the uncond
+        # call of a step is the one that repeats them; a third call with them is a new cond call.
+        self._last_cond = None if self._uncond_call else (latents, t)
 
     def _cfg_rows(self, rows: int) -> tuple[list[int], list[int]] | None:
         """(uncond rows, cond rows) of a classifier-free-guidance batch, or None when it is not one."""
+        if not self.backbone.cfg_in_one_batch:
+            return None  # two-forward CFG: every row of a call is one branch
         cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
         if cfg is None:
             cfg = rows % 2 == 0 and rows > 1
@@ -117,12 +159,19 @@ class Trace:
     # -- the hooks -----------------------------------------------------------------------------------
     def _before(self, module, args, kwargs) -> None:
         self._reducer = None
+        if self._testing:
+            return
+        self._pair_step(args, kwargs)
         if not self._reads(args, kwargs):
             return
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        sample = denoiser_input(args, kwargs)
         latent = self.backbone.latent_grid(sample)
-        plan = self.backbone.capture_plan(latent, self.config)
-        self._reducer = StreamingReducer(plan, latent, self.keep_tokens, self.config)
+        config = self._capture_config()
+        key = (latent, config is self.config)
+        plan = self._plans.get(key)
+        if plan is None:  # one plan per latent size: building it walks the denoiser's modules
+            plan = self._plans[key] = self.backbone.capture_plan(latent, config)
+        self._reducer = StreamingReducer(plan, latent, self.keep_tokens, config)
         self._call_stack.enter_context(self.backbone.capturing(plan, self._reducer))
 
     def _after(self, module, args, kwargs, output):
@@ -158,6 +207,7 @@ class Trace:
         self._hooks = []
         self._call_stack.close()  # a call that raised leaves its processors installed until here
         self._reducer = None
+        self._last_cond, self._uncond_call = None, False
 
     # -- masks ---------------------------------------------------------------------------------------
     def locate(self, prompt: str, specs: list[ClassSpec]) -> PromptPlan:

@@ -50,6 +50,22 @@ def test_rate_one_is_plain_cfg_bit_for_bit(tiny_sd):
     assert guide.rate_means != [1.0, 1.0]
 
 
+def test_one_capture_plan_per_run_changes_nothing(tiny_sd):
+    pipe = sd_pipeline(tiny_sd)
+
+    class Unkept(dict):  # a plan cache that keeps nothing: a plan is built at every step, as before
+        def __setitem__(self, key, value) -> None:
+            pass
+
+    with scfg(pipe, PROMPT, CLASSES) as cached:
+        once = latents(pipe, num_inference_steps=3)
+    with scfg(pipe, PROMPT, CLASSES) as rebuilt:
+        rebuilt._plans = Unkept()
+        every_step = latents(pipe, num_inference_steps=3)
+    assert len(cached._plans) == 1 and not rebuilt._plans
+    assert torch.equal(once, every_step) and cached.rate_means == rebuilt.rate_means
+
+
 def attnseg_trace(pipe):
     import attnseg
 

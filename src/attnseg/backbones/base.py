@@ -168,6 +168,11 @@ class Backbone:
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     default_preset: ClassVar[BackbonePreset]
+    # Whether the family's pipelines run the uncond and cond branches of CFG as one denoiser batch (uncond rows
+    # first). FLUX's true CFG runs them as two forwards of a step instead, cond first (see tracing.Trace).
+    cfg_in_one_batch: ClassVar[bool] = True
+    # What a pipeline passes the denoiser as its timestep, in the scheduler's units (FLUX passes t / 1000).
+    pipeline_timestep_scale: ClassVar[float] = 1.0
 
     def __init__(self, components: dict, model_id: str, device: torch.device, dtype: torch.dtype) -> None:
         self.components = components
@@ -305,6 +310,14 @@ class Backbone:
     def latent_grid(self, latents: torch.Tensor) -> tuple[int, int]:
         """The h×w of the latent that image tokens are laid out on (before any patching)."""
         return int(latents.shape[-2]), int(latents.shape[-1])
+
+    def unpack_latents(self, sample: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """A denoiser input or prediction in the pipeline's layout as B×C×h×w (families that pack override)."""
+        return sample
+
+    def pack_latents(self, latents_bchw: torch.Tensor) -> torch.Tensor:
+        """B×C×h×w back to the layout the pipeline passes and receives (the inverse of `unpack_latents`)."""
+        return latents_bchw
 
     def info(self) -> dict:
         """Identity for result.json."""

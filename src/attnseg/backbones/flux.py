@@ -106,6 +106,8 @@ class FluxBackbone(Backbone):
         head_aggregation="mean",
     )
     t5_tokens = 512  # the pipeline's max_sequence_length
+    cfg_in_one_batch = False  # true CFG (true_cfg_scale > 1, a negative prompt): cond forward, then uncond
+    pipeline_timestep_scale = 1000.0  # FluxPipeline passes t / 1000 (σ); its scheduler lists t
 
     def native_size(self) -> int:
         """The transformer has no sample size; the VAE's (1024 for FLUX.1) is the size the model was trained at."""
@@ -149,12 +151,8 @@ class FluxBackbone(Backbone):
 
     def run_denoiser(self, noisy: torch.Tensor, timestep: torch.Tensor, cond: dict) -> torch.Tensor:
         """One forward on the 2×2-packed latents; returns the (packed) prediction."""
-        b, c, h, w = noisy.shape
-        packed = (
-            noisy.view(b, c, h // 2, 2, w // 2, 2)
-            .permute(0, 2, 4, 1, 3, 5)
-            .reshape(b, (h // 2) * (w // 2), c * 4)
-        )
+        b, _, h, w = noisy.shape
+        packed = self.pack_latents(noisy)
         rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
         img_ids = (
             torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).to(self.device, self.dtype)
@@ -181,6 +179,20 @@ class FluxBackbone(Backbone):
                 f"cannot tell the grid of {latents.shape[1]} packed FLUX tokens; use a square image"
             )
         return 2 * side, 2 * side
+
+    def pack_latents(self, latents_bchw: torch.Tensor) -> torch.Tensor:
+        """B×C×h×w → B×(h/2·w/2)×4C: each 2×2 patch one token, channel c·4 + 2·dy + dx (FluxPipeline's packing)."""
+        b, c, h, w = latents_bchw.shape
+        patches = latents_bchw.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+    def unpack_latents(self, sample: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """B×(h/2·w/2)×4C packed tokens → B×C×h×w on the latent grid h×w (the inverse of `pack_latents`)."""
+        if sample.ndim == 4:
+            return sample
+        (b, _, channels), (h, w) = sample.shape, grid
+        patches = sample.reshape(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return patches.reshape(b, channels // 4, h, w)
 
     def _blocks(self) -> list[str]:
         """Block names in forward order: double-stream, then single-stream."""

@@ -196,6 +196,11 @@ class ImageGenerator:
         )
         if "use_resolution_binning" in inspect.signature(self.pipe.__call__).parameters:
             call["use_resolution_binning"] = False  # PixArt: the native square size needs no binning
+        if not self.backbone.cfg_in_one_batch:
+            # FLUX: CFG is the pipeline's true CFG against an empty negative prompt (its guidance_scale is the
+            # distilled guidance embedding, left at the pipeline's default).
+            del call["guidance_scale"]
+            call |= {"true_cfg_scale": options.cfg, "negative_prompt": ""}
         if hooks is None:
             images = self.pipe(prompt, **call).images
         else:
