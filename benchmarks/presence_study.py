@@ -30,7 +30,7 @@ from attnseg.eval.metrics import ConfusionMeter
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.layers import combine_layers
 from attnseg.method.pipeline import _layer_weights, run_method
-from attnseg.method.presence import restrict_layout
+from attnseg.method.presence import naming_gain, restrict_layout
 from attnseg.method.rescale import class_maps, content_sum
 from attnseg.prompts import parse_classes, with_rest_column
 from attnseg.world.render import CLASSES
@@ -68,7 +68,7 @@ def features(seg: Segmentor, plans, cap) -> dict[str, np.ndarray]:
     owner = []
     for j, plan in enumerate(plans):
         c = cap.rows([j])
-        maps = c.cross[cfg.head_aggregation]
+        maps = c.cross
         w = _layer_weights(c, cfg, 1)
         attn = combine_layers(maps, c.grids, w, c.map_size)[0:1]  # 1×T×h×w
         x = class_maps(attn, plan.layout.class_tokens)[0]  # K_j×h×w
@@ -152,6 +152,7 @@ def denoise_gain(
     weight = weight / weight.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     g = torch.Generator().manual_seed(seed)
     out: dict[str, np.ndarray] = {}
+    rise_sum = torch.zeros(k, h, w)  # the relative rise per pixel, summed over levels and draws
     for t in timesteps:
         acc = {"loo": 0.0, "add": 0.0, "loo_local": 0.0, "add_local": 0.0}
         for _ in range(draws):
@@ -161,6 +162,7 @@ def denoise_gain(
             eps = bb.denoiser(noisy, tt, **cond).sample
             err = ((eps - noise) ** 2).mean(1)  # R×h×w
             e_full, e_loo = err[0], err[1 : k + 1]
+            rise_sum += (e_loo - e_full) / e_full.mean()
             acc["loo"] += ((e_loo - e_full).mean(dim=(1, 2)) / e_full.mean()).numpy()
             acc["loo_local"] += (((e_loo - e_full) * weight).sum(dim=(1, 2)) / e_full.mean()).numpy()
             if not with_add:
@@ -174,11 +176,42 @@ def denoise_gain(
             out[f"denoise_{name}_t{t}"] = v / draws
     for name in ("loo", "loo_local") + (("add", "add_local") if with_add else ()):
         out[f"denoise_{name}_mean"] = np.mean([out[f"denoise_{name}_t{t}"] for t in timesteps], 0)
+    rise = rise_sum / (len(timesteps) * draws)
+    RISE_MAPS.append((rise.numpy(), weight.numpy()))
+    out |= rise_map_scores(rise, weight)
     return out
 
 
+RISE_MAPS: list[tuple[np.ndarray, np.ndarray]] = []  # per scene: K×h×w rise map and localising weights
+
+
+def rise_map_scores(rise_khw: torch.Tensor, weight_khw: torch.Tensor) -> dict[str, np.ndarray]:
+    """Spatial statistics of the level-averaged rise map (where leaving the name out hurts), per class."""
+    flat = rise_khw.flatten(1)
+    blur = torch.nn.functional.avg_pool2d(rise_khw[:, None], 3, 1, 1)[:, 0].flatten(1)
+    # The shipped score (attnseg.method.presence.naming_gain) on the averaged rise, at sharpness 2 and 4.
+    no_rise, unit = torch.zeros_like(rise_khw[:, None]), torch.ones(1, *rise_khw.shape[1:])
+    sharp = {p: naming_gain(rise_khw[:, None], no_rise, weight_khw, unit, float(p)).numpy() for p in (2, 4)}
+    top = weight_khw.flatten(1) >= weight_khw.flatten(1).quantile(0.9, dim=1, keepdim=True)
+    won = weight_khw.argmax(0)
+    won_mask = torch.stack([won == c for c in range(len(rise_khw))]).flatten(1)
+    won_mask = torch.where(won_mask.any(1, keepdim=True), won_mask, top)
+    return {
+        "rise_p90": flat.quantile(0.9, dim=1).numpy(),
+        "rise_p98": flat.quantile(0.98, dim=1).numpy(),
+        "rise_blur_max": blur.max(1).values.numpy(),
+        "rise_local_p2": sharp[2],
+        "rise_local_p4": sharp[4],
+        "rise_top_map": ((flat * top).sum(1) / top.sum(1)).numpy(),
+        "rise_won": ((flat * won_mask).sum(1) / won_mask.sum(1)).numpy(),
+        "rise_local_blur_max": (blur * weight_khw.flatten(1) / weight_khw.flatten(1).amax(1, keepdim=True))
+        .max(1)
+        .values.numpy(),
+    }
+
+
 def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, image, open_scores):
-    """World-id prediction for one scene with the kept classes, by scheme: mask | rescore | twopass."""
+    """World-id prediction for one scene with the kept classes, by scheme: mask | rescore | twopass | blend."""
     kept = [i for i in range(len(NAMES)) if keep_k[i]]
     if scheme == "mask":
         sc = open_scores.clone()
@@ -198,6 +231,10 @@ def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, im
         lab = assign_labels(sc, 0.0).numpy()
         return np.array([0] + [IDS[i] for i in kept])[lab]
     out = seg.segment(image, [NAMES[i] for i in kept])
+    if scheme == "blend":  # the second forward's maps averaged with the open pass's, kept classes only
+        sc = 0.5 * (out.scores.float() + open_scores[torch.as_tensor(keep_k)])
+        lab = assign_labels(sc, 0.0).numpy()
+        return np.array([0] + [IDS[i] for i in kept])[lab]
     return np.array([0] + [IDS[i] for i in kept])[out.labels.numpy()]
 
 
@@ -332,10 +369,18 @@ def main() -> None:
         feats.append(f)
         truth.append(np.isin(IDS, r["present"]))
         cache.append((image, gt, plans, cap, open_scores))
+        if (i + 1) % 10 == 0 or i + 1 == len(rows):
+            print(f"scene {i + 1}/{len(rows)}, {time.perf_counter() - t0:.0f} s", flush=True)
     sec = (time.perf_counter() - t0) / len(rows)
     if args.features and saved is None:
         Path(args.features).parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.features, **{k: np.stack([f[k] for f in feats]) for k in feats[0]})
+        if RISE_MAPS:
+            np.savez(
+                Path(args.features).with_suffix(".maps.npz"),
+                rise=np.stack([r for r, _ in RISE_MAPS]),
+                weight=np.stack([w for _, w in RISE_MAPS]),
+            )
     truth_a = np.stack(truth)
     n_prompts = len(cache[0][2])
     report = {"n": len(rows), "prompts": n_prompts, "seconds_per_image_features": sec, "candidates": {}}
@@ -393,7 +438,7 @@ def main() -> None:
     if args.threshold is not None:
         choices = [(args.candidate, False, float(t)) for t in args.threshold.split(",")]
     else:
-        choices = [best[1:]]
+        choices = [] if best is None else [best[1:]]  # --only-auc chooses nothing
     report["chosen"] = []
     for name, relative, thr in choices:
         scores = np.stack([f[name] for f in feats])
@@ -401,7 +446,7 @@ def main() -> None:
         row = {"candidate": name, "relative": relative, "threshold": thr} | {
             k: round(v, 3) for k, v in prf(keep, truth_a).items()
         }
-        row |= {s: seg_conf(keep, s) for s in ("mask", "rescore", "twopass")}
+        row |= {s: seg_conf(keep, s) for s in ("mask", "rescore", "twopass", "blend")}
         report["chosen"].append(row)
         print(json.dumps(row), flush=True)
     if args.out:

@@ -10,6 +10,9 @@ import torch
 import attnseg
 from attnseg import Segmentor
 from attnseg.cli import main
+from attnseg.method.presence import PresenceConfig
+
+LEVELS = len(PresenceConfig().timesteps)  # the default test's noise levels
 
 
 def test_presence_is_on_by_default_and_records_every_named_class(tiny_sd, random_image, tmp_path):
@@ -24,8 +27,8 @@ def test_presence_is_on_by_default_and_records_every_named_class(tiny_sd, random
     for k, keep in enumerate(present):
         if not keep:
             assert result.scores[k].abs().sum() == 0 and not (result.labels == k + 1).any()
-    # 3 classes in one prompt: 4 rows per level, 5 levels; then the second pass if a class was dropped.
-    assert result.meta["forwards"]["presence_rows"] == 4 * 5
+    # 3 classes in one prompt: 4 rows per level, every default level; then the second pass if a class was dropped.
+    assert result.meta["forwards"]["presence_rows"] == 4 * LEVELS
     folder = result.save(tmp_path / "out")
     npz = np.load(folder / "scores.npz")
     assert npz["present"].tolist() == present
@@ -48,7 +51,7 @@ def test_split_prompts_are_tested_each_against_its_own_prompt(tiny_sd, random_im
     prompts = result.meta["open_pass_prompts"]
     assert result.meta["split_into_prompts"] and len(prompts) > 1
     # K classes + one full prompt per prompt, at every level.
-    assert result.meta["forwards"]["presence_rows"] == (len(names) + len(prompts)) * 5
+    assert result.meta["forwards"]["presence_rows"] == (len(names) + len(prompts)) * LEVELS
     assert set(result.meta["presence"]["classes"]) == set(names)
 
 
@@ -65,6 +68,34 @@ def test_cli_prints_found_and_absent(tiny_sd, random_image, tmp_path, capsys):
     rc = main(["segment", str(a), "--classes", "cat,wall", "--model", str(tiny_sd), "--out", str(tmp_path / "p"),
                "--presence", "off"])  # fmt: skip
     assert rc == 0 and "presence off" in capsys.readouterr().out
+
+
+def test_cli_sets_presence_fields_and_refuses_bad_ones(tiny_sd, random_image, tmp_path, capsys):
+    a = tmp_path / "a.png"
+    random_image.save(a)
+    args = ["segment", str(a), "--classes", "cat,wall", "--model", str(tiny_sd)]
+    sets = [
+        "--set",
+        "presence_timesteps=300,700",
+        "--set",
+        "presence_sharpness=1",
+        "--set",
+        "presence_threshold=9",
+    ]
+    assert main([*args, "--out", str(tmp_path / "o"), *sets]) == 0
+    found = json.loads((tmp_path / "o" / "a" / "result.json").read_text())["presence"]
+    assert found["levels"] == [300, 700] and found["sharpness"] == 1.0 and found["threshold"] == 9.0
+    assert len(found["found"]) == 1  # nothing reaches 9: only the best class is kept
+    capsys.readouterr()
+    for bad, says in [
+        ("presence_timesteps=0,5", "must lie in"),
+        ("presence_colour=1", "unknown presence setting"),
+    ]:
+        try:
+            rc = main([*args, "--out", str(tmp_path / "bad"), "--set", bad])
+        except SystemExit as exc:
+            rc = exc.code
+        assert rc == 2 and says in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_trace_tests_presence_on_the_generated_image(tiny_sd):
@@ -94,5 +125,5 @@ def test_second_round_tests_against_the_kept_set(tiny_sd, random_image):
     result = seg.segment(random_image, names)
     found = result.meta["presence"]
     assert found["first_round_found"] is not None and found["found"]
-    # First round: 3 classes + the full prompt; second: the kept set's prompt + one per class; 5 levels each.
-    assert result.meta["forwards"]["presence_rows"] == (4 + 4) * 5
+    # First round: 3 classes + the full prompt; second: the kept set's prompt + one per class; every level each.
+    assert result.meta["forwards"]["presence_rows"] == (4 + 4) * LEVELS

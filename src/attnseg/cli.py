@@ -84,14 +84,16 @@ def setting_pair(text: str) -> tuple[str, object]:
 def method_setting(text: str) -> tuple[str, object]:
     """One `--set KEY=VALUE`, the value read by the setting's type and checked (method.config.parse_setting)."""
     from attnseg.method.config import parse_setting
+    from attnseg.method.presence import parse_presence_setting
 
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(
             f"expected KEY=VALUE, got {text!r} (e.g. --set head_aggregation=mean)"
         )
+    parse = parse_presence_setting if key.strip().startswith("presence_") else parse_setting
     try:
-        return key.strip(), parse_setting(key.strip(), value)
+        return key.strip(), parse(key.strip(), value)
     except BadConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

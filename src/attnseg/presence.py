@@ -35,6 +35,7 @@ class PresenceResult:
         return {
             "mode": config.mode,
             "threshold": config.threshold,
+            "sharpness": config.sharpness,
             "levels": list(self.levels),
             "forward_rows": self.rows,
             "seconds": round(self.seconds, 4),
@@ -96,7 +97,7 @@ def find_present(
     for plan, (full, left) in zip(plans, rows):
         # Each prompt's rises are relative to its own full-prompt error: one scale across prompts.
         idx = plan.class_indices
-        scores[idx] = leave_one_out_scores(errors[full], errors[left], open_maps_khw[idx])
+        scores[idx] = leave_one_out_scores(errors[full], errors[left], open_maps_khw[idx], config.sharpness)
     present = decide(scores, config.threshold)
     result = PresenceResult(scores, present, levels, len(texts) * len(levels), time.perf_counter() - t0)
     if config.rounds == 2:
@@ -144,7 +145,7 @@ def _second_round(
     # In S: naming k is S against S∖k; outside S: S ∪ k against S. Either way, error without minus with.
     without = torch.where(in_s, per_class, base[None])
     with_k = torch.where(in_s, base[None], per_class)
-    scores = naming_gain(without, with_k, open_maps_khw, base)
+    scores = naming_gain(without, with_k, open_maps_khw, base, config.sharpness)
     present = decide(scores, config.threshold)
     rows = first.rows + len(texts) * len(levels)
     seconds = first.seconds + time.perf_counter() - t0

@@ -39,6 +39,25 @@ def test_scores_are_the_error_rise_under_each_class_map():
     assert decide(scores, 0.02).tolist() == [True, False, False]
 
 
+def test_sharpness_weighs_where_the_map_is_surest():
+    """A thin thing: its map is 1 on one cell and 0.5 on the rest of its quarter, and only that cell's error
+    rises. Sharpness 1 averages the rise over the whole faint quarter; a higher power looks at the peak."""
+    full = torch.ones(1, 4, 4)
+    left = full.clone()[None]
+    left[0, 0, 0, 0] = 1.8  # leaving the name out hurts on the thing's one cell
+    maps = torch.zeros(1, 4, 4)
+    maps[0, :2, :2] = 0.5
+    maps[0, 0, 0] = 1.0
+    rise = [float(leave_one_out_scores(full, left, maps, sharpness=p)) for p in (1.0, 2.0, 4.0)]
+    # Weights ∝ map^p over the quarter: the one cell's share is 1/(1 + 3·0.5^p) of the 0.8 / mean-error rise.
+    mean_error = float(full.mean())
+    expected = [0.8 / (1 + 3 * 0.5**p) / mean_error for p in (1.0, 2.0, 4.0)]
+    assert rise == pytest.approx(expected, rel=1e-5)
+    assert rise[0] < rise[1] < rise[2]
+    with pytest.raises(BadConfigError, match="sharpness"):
+        PresenceConfig(sharpness=0)
+
+
 def test_the_best_class_is_kept_even_below_the_threshold():
     assert decide(torch.tensor([-0.3, -0.1, -0.2]), 0.02).tolist() == [False, True, False]
 
