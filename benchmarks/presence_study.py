@@ -238,6 +238,20 @@ def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, im
     return np.array([0] + [IDS[i] for i in kept])[out.labels.numpy()]
 
 
+def soft_labels(
+    open_scores: torch.Tensor, class_scores: np.ndarray, threshold: float, gamma: float
+) -> np.ndarray:
+    """World-id prediction with no hard drop: each open map weighted by min(1, score / threshold)^gamma.
+
+    A class at the threshold or above keeps its map (as the mask scheme); one below it still wins the pixels
+    where its map beats the others' by the factor it lost (large gamma: the mask scheme again).
+    """
+    weight = np.clip(class_scores / max(threshold, 1e-12), 0.0, 1.0) ** gamma
+    weight[class_scores.argmax()] = 1.0  # the best class is always kept
+    sc = open_scores * torch.as_tensor(weight, dtype=open_scores.dtype)[:, None, None]
+    return np.array([0] + IDS)[assign_labels(sc, 0.0).numpy()]
+
+
 def add_confusion(meter: ConfusionMeter, gt: np.ndarray, pred: np.ndarray) -> None:
     """Count one scene's world-id truth and prediction (void pixels skipped)."""
     meter.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
@@ -324,6 +338,7 @@ def main() -> None:
     ap.add_argument("--features", default=None, help="an .npz to save the scores to, or reuse them from")
     ap.add_argument("--threshold", default=None, help="score only these thresholds of one candidate: a,b,c")
     ap.add_argument("--candidate", default=None, help="with --threshold: the candidate to score")
+    ap.add_argument("--soft", default=None, help="with --threshold: also soft weighting, these gammas: a,b")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     ap.add_argument(
         "--presence-set",
@@ -447,6 +462,11 @@ def main() -> None:
             k: round(v, 3) for k, v in prf(keep, truth_a).items()
         }
         row |= {s: seg_conf(keep, s) for s in ("mask", "rescore", "twopass", "blend")}
+        for gamma in [] if args.soft is None else [float(g) for g in args.soft.split(",")]:
+            conf = ConfusionMeter(N_IDS)
+            for (_, gt, _, _, sc), class_scores in zip(cache, scores):
+                add_confusion(conf, gt, soft_labels(sc, class_scores, thr, gamma))
+            row[f"soft_{gamma:g}"] = miou_of(conf)
         report["chosen"].append(row)
         print(json.dumps(row), flush=True)
     if args.out:

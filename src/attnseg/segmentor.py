@@ -84,6 +84,18 @@ def config_for(backbone: Backbone, method: str, **overrides: object) -> MethodCo
     return model_method_config(method, defaults, overrides)
 
 
+def presence_for(
+    backbone: Backbone, presence: str | bool | PresenceConfig | None, **tests: object
+) -> PresenceConfig:
+    """The presence test's settings for this model: yours, then its attnseg.json's "presence", then the defaults.
+
+    A PresenceConfig given whole is used as it is.
+    """
+    if isinstance(presence, PresenceConfig):
+        return presence
+    return presence_config(presence, **(backbone.defaults.get("presence", {}) | tests))
+
+
 def _peak_rss_bytes() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
@@ -144,7 +156,8 @@ class Segmentor:
     ) -> Segmentor:
         """Load `model` (None: the embedded default) and set up `method` with any setting overridden.
 
-        Precedence: your overrides, then the model's own attnseg.json, then the family preset, then the method.
+        Precedence: your overrides, then the model's own attnseg.json, then the family preset, then the method
+        (for the presence test: yours, then attnseg.json's "presence" section, then PresenceConfig's defaults).
         presence: "on" (default) decides which named classes are in each image first; "off" segments into all.
         Overrides named presence_<field> set a field of PresenceConfig (e.g. presence_threshold=0.05).
         """
@@ -153,11 +166,12 @@ class Segmentor:
         overrides = {k: v for k, v in overrides.items() if not k.startswith(prefix)}
         if isinstance(tests.get("timesteps"), list):
             tests["timesteps"] = tuple(tests["timesteps"])
-        presence_settings = presence_config(presence, **tests)
+        presence_config(presence, **tests)  # a bad presence setting fails before loading anything
         method_config(method, **overrides)  # fail on a bad method or setting before loading anything
         device = parse_device(device)
         backbone = load_backbone(model, device, parse_dtype(dtype, device), allow_pickle, config_folder)
         config = config_for(backbone, method, **overrides)
+        presence_settings = presence_for(backbone, presence, **tests)
         template = template or backbone.defaults["template"] or DEFAULT_TEMPLATE
         return cls(backbone, config, method, template, background, batch_size, max_pixels, presence_settings)
 

@@ -16,7 +16,7 @@ from attnseg.method.presence import presence_config
 from attnseg.method.streaming import CapturePlan, StreamingReducer
 from attnseg.prompts import ClassSpec, PromptPlan, parse_classes
 from attnseg.segmentation import Segmentation
-from attnseg.segmentor import config_for
+from attnseg.segmentor import config_for, presence_for
 
 
 def backbone_for_pipeline(pipe) -> Backbone:
@@ -84,13 +84,14 @@ class Trace:
         **overrides: object,
     ) -> None:
         method_config(method, **overrides)  # a bad method or setting fails before anything is touched
-        self.presence = presence_config(presence)
+        presence_config(presence)  # a bad value fails before anything is touched
         if not 0.0 < read_last <= 1.0:
             raise BadConfigError(f"read_last is a fraction of the steps in (0, 1], got {read_last}")
         self.pipe = pipe
         self.method = method
         self.backbone = backbone or backbone_for_pipeline(pipe)
         self.config = config_for(self.backbone, method, **overrides)
+        self.presence = presence_for(self.backbone, presence)
         self.keep_tokens = keep_tokens
         self.read_last = read_last
         self.sum: CapturedAttention | None = None

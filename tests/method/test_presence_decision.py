@@ -89,6 +89,11 @@ def test_presence_settings_parse_and_refuse_bad_values():
         presence_config("maybe")
     with pytest.raises(BadConfigError, match="unknown presence setting"):
         presence_config("on", thresold=0.5)
+    # Settings from a model's attnseg.json arrive as JSON values: checked by type, lists made tuples.
+    assert presence_config("on", timesteps=[100, 300]).timesteps == (100, 300)
+    for bad in ({"threshold": "0.01"}, {"max_rows": 1.5}, {"second_pass": "yes"}, {"timesteps": [1.5]}):
+        with pytest.raises(BadConfigError, match=f"presence {next(iter(bad))}"):
+            presence_config("on", **bad)
 
 
 def test_restricted_layout_rescales_over_the_kept_classes_only():

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from attnseg.world import model as wm
-from attnseg.world import render
+from attnseg.world import render, scaling
 from attnseg.world.train import TrainConfig, Trainer, render_in_memory, train_vae
 
 
@@ -320,6 +320,52 @@ def test_tune_picks_the_best_setting_on_a_held_out_split_and_the_loader_uses_it(
     val = render.render_split(tmp_path / "val", "val", n=1, seed=0, progress=False)
     with pytest.raises(BadConfigError, match="val split"):
         tune(model, val, n=1)
+
+
+def test_tune_presence_scores_thresholds_as_the_segmentor_would_and_the_loader_uses_the_choice(
+    tmp_path, tiny_world
+):
+    from attnseg import Segmentor
+    from attnseg.errors import BadCheckpointError, BadConfigError
+    from attnseg.eval.metrics import ConfusionMeter
+    from attnseg.method.presence import PresenceConfig
+    from attnseg.world.export import export_from_trainer
+    from attnseg.world.tune import tune_presence, write_defaults
+
+    tr = _trainer(tmp_path / "t", tiny_world, 2)
+    tr.run()
+    model = export_from_trainer(tr, tmp_path / "models", name="world-xs")
+    held_out = render.render_split(tmp_path / "tune", "test", n=2, seed=0, progress=False)
+    thresholds = (0.0, 1e9)  # 1e9: only each scene's best class is kept
+    chosen = tune_presence(model, held_out, n=2, thresholds=thresholds)
+    grid = {g["threshold"]: g["miou"] for g in chosen["presence_tuned"]["grid"]}
+    assert list(grid) == list(thresholds) and chosen["presence"] == {"threshold": max(grid, key=grid.get)}
+    # Each threshold's score is what Segmentor itself gives with that threshold.
+    names, ids = [c.name for c in render.CLASSES], np.array([0] + [c.id for c in render.CLASSES])
+    for t in thresholds:
+        seg = Segmentor.from_pretrained(str(model), "goca", dtype="float32", tau=0.0, presence_threshold=t)
+        meter = ConfusionMeter(int(ids.max()) + 1)
+        for row in scaling.read_rows(held_out, 2):
+            out = seg.segment(Image.open(held_out / row["image"]).convert("RGB"), names)
+            meter.update(torch.from_numpy(ids[out.labels.numpy()]), torch.from_numpy(
+                np.asarray(Image.open(held_out / row["mask"])).astype(np.int64)))  # fmt: skip
+        assert grid[t] == pytest.approx(100 * meter.compute().miou, abs=0.01)
+    write_defaults(model, {"method": {"blur": False}})
+    path = write_defaults(
+        model, {"presence": {"threshold": 0.25}, "presence_tuned": chosen["presence_tuned"]}
+    )
+    written = json.loads(path.read_text())
+    assert written["presence"] == {"threshold": 0.25} and written["method"] == {"blur": False}  # others kept
+    assert Segmentor.from_pretrained(str(model)).presence.threshold == 0.25
+    assert Segmentor.from_pretrained(str(model), presence_threshold=0.5).presence.threshold == 0.5
+    mine = PresenceConfig(threshold=0.75)
+    assert Segmentor.from_pretrained(str(model), presence=mine).presence is mine
+    val = render.render_split(tmp_path / "val", "val", n=1, seed=0, progress=False)
+    with pytest.raises(BadConfigError, match="val split"):
+        tune_presence(model, val, n=1)
+    write_defaults(model, {"presence": {"threshold": "high"}})  # a hand-edited file gone wrong
+    with pytest.raises(BadCheckpointError, match="attnseg.json.*presence threshold must be a number"):
+        Segmentor.from_pretrained(str(model))
 
 
 def test_thing_pixels_splits_thing_pixels_by_where_they_went():

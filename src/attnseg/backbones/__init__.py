@@ -13,7 +13,8 @@ from attnseg.backbones.loading import check_weights, load_components, read_model
 from attnseg.backbones.pixart import PixArtAlphaBackbone, PixArtSigmaBackbone
 from attnseg.backbones.sd3 import SD3Backbone
 from attnseg.backbones.unet import SDXLBackbone, UNetBackbone
-from attnseg.errors import BadCheckpointError
+from attnseg.errors import BadCheckpointError, BadConfigError
+from attnseg.method.presence import presence_config
 from attnseg.method.streaming import CapturePlan
 
 FAMILIES: list[type[Backbone]] = [
@@ -83,7 +84,16 @@ def apply_model_defaults(backbone: Backbone, folder: Path) -> None:
         backbone.preset = dataclasses.replace(backbone.preset, **data.get("preset", {}))
     except (json.JSONDecodeError, TypeError) as exc:
         raise BadCheckpointError(f"{path} is not a valid attnseg.json ({exc})") from exc
-    backbone.defaults = {"method": dict(data.get("method", {})), "template": data.get("template")}
+    presence = dict(data.get("presence", {}))
+    try:
+        presence_config("on", **presence)  # a bad section names the file now, not at the first segment call
+    except BadConfigError as exc:
+        raise BadCheckpointError(f'{path}: its "presence" section is not valid ({exc})') from exc
+    backbone.defaults = {
+        "method": dict(data.get("method", {})),
+        "presence": presence,
+        "template": data.get("template"),
+    }
 
 
 __all__ = [

@@ -180,7 +180,8 @@ class Backbone:
         self.device = device
         self.dtype = dtype
         self.preset = dataclasses.replace(self.default_preset, native_size=self.native_size())
-        self.defaults: dict = {"method": {}, "template": None}  # from a model's attnseg.json, if it has one
+        # From a model's attnseg.json, if it has one: method and presence settings, the prompt template.
+        self.defaults: dict = {"method": {}, "presence": {}, "template": None}
 
     # -- what a family provides -------------------------------------------------------------------------
     def native_size(self) -> int:

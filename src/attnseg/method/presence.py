@@ -44,6 +44,21 @@ class PresenceConfig:
     second_pass: bool = False
 
     def __post_init__(self) -> None:
+        numbers = {"threshold": self.threshold, "sharpness": self.sharpness}
+        integers = {"max_rows": self.max_rows, "rounds": self.rounds}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BadConfigError(f"presence {name} must be a number, got {value!r}")
+        for name, value in integers.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadConfigError(f"presence {name} must be a whole number, got {value!r}")
+        if not isinstance(self.second_pass, bool):
+            raise BadConfigError(f"presence second_pass must be true or false, got {self.second_pass!r}")
+        if not isinstance(self.timesteps, (tuple, list)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in self.timesteps
+        ):
+            raise BadConfigError(f"presence timesteps must be whole numbers, got {self.timesteps!r}")
+        object.__setattr__(self, "timesteps", tuple(self.timesteps))  # a list from JSON: hashable, comparable
         if self.mode not in PRESENCE_MODES:
             raise BadConfigError(f"presence={self.mode!r} is not one of {', '.join(PRESENCE_MODES)}")
         if not self.timesteps or any(not 0 < t < 1000 for t in self.timesteps):

@@ -8,6 +8,11 @@ for SD's 64² maps; on the world models' 16² maps the same σ covers four times
 setting is scored by `attnseg eval` (`run_eval` on the World reader, in a temporary run folder), so the number
 chosen here is the number `attnseg eval --dataset world` reports. τ is not searched: the world has no
 background, so τ 0 (`WORLD_TAU`) is written with the choice.
+
+`--presence` chooses the presence test's threshold instead, by goca's open-vocabulary mIoU (every world class
+named) over a grid of thresholds: each scene is segmented once with every class kept (the open pass's maps
+and each class's presence score), and each threshold's decision relabels those maps as `Segmentor` does. It
+is written as the model's "presence" section: a test's scores sit higher or lower with the model.
 """
 
 from __future__ import annotations
@@ -18,14 +23,22 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+
 from attnseg.backbones.loading import resolve_model
 from attnseg.errors import BadConfigError
 from attnseg.io import atomic_path
+from attnseg.method.labels import assign_labels
+from attnseg.method.presence import decide
+from attnseg.world.render import CLASSES
 from attnseg.world.scaling import WORLD_TAU, evaluate, read_rows
 
 TIMESTEPS = (100, 300, 500, 700)
 REFINE_STEPS = (0, 2)
 BLUR = (True, False)
+PRESENCE_THRESHOLDS = (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03)
 
 
 def model_folder(name: str | None) -> Path:
@@ -38,12 +51,18 @@ def model_folder(name: str | None) -> Path:
     return folder
 
 
-def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFINE_STEPS, blur=BLUR) -> dict:
-    """goca's mIoU on the first n scenes of root for every (timestep, refine steps, blur); the best and the grid."""
+def held_out_split(root: Path) -> dict:
+    """The split's render.json; a val split is refused (no choice is made on the split that is reported)."""
     meta = root / "render.json"
     split = json.loads(meta.read_text()) if meta.is_file() else {}
     if split.get("split") == "val":
         raise BadConfigError(f"{root} is a val split; tune on a split no reported number uses (--split test)")
+    return split
+
+
+def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFINE_STEPS, blur=BLUR) -> dict:
+    """goca's mIoU on the first n scenes of root for every (timestep, refine steps, blur); the best and the grid."""
+    split = held_out_split(root)
     n_scenes = len(read_rows(root, n))
     grid = []
     with tempfile.TemporaryDirectory(prefix="attnseg-tune-") as tmp:
@@ -65,13 +84,55 @@ def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFI
     }
 
 
+def tune_presence(model: Path, root: Path, n: int, thresholds=PRESENCE_THRESHOLDS) -> dict:
+    """goca's open-vocabulary mIoU on the first n scenes of root for every presence threshold; the best and the grid."""
+    from attnseg import Segmentor
+    from attnseg.eval.metrics import ConfusionMeter
+
+    split = held_out_split(root)
+    rows = read_rows(root, n)
+    names, ids = [c.name for c in CLASSES], torch.tensor([0] + [c.id for c in CLASSES])
+    seg = Segmentor.from_pretrained(
+        str(model), "goca", dtype="float32", tau=WORLD_TAU, presence_threshold=float("-inf")
+    )
+    meters = {t: ConfusionMeter(int(ids.max()) + 1) for t in thresholds}
+    for i, row in enumerate(rows):
+        everything = seg.segment(Image.open(root / row["image"]).convert("RGB"), names)
+        scores = torch.tensor([everything.meta["presence"]["classes"][c]["score"] for c in names])
+        truth = torch.from_numpy(np.asarray(Image.open(root / row["mask"])).astype("int64"))
+        for t, meter in meters.items():
+            kept = decide(scores, t).nonzero().flatten()
+            labels = assign_labels(everything.scores[kept], seg.config.tau)
+            labels[everything.labels == 0] = 0  # as Segmentor: background that beat every class stays
+            meter.update(ids[torch.cat([torch.zeros(1, dtype=torch.long), kept + 1])][labels], truth)
+        if (i + 1) % 10 == 0 or i + 1 == len(rows):
+            print(f"scene {i + 1}/{len(rows)}", flush=True)
+    grid = [{"threshold": t, "miou": round(100 * m.compute().miou, 2)} for t, m in meters.items()]
+    for g in grid:
+        print(f"threshold={g['threshold']}: open mIoU {g['miou']:.1f}", flush=True)
+    best = max(grid, key=lambda g: g["miou"])
+    return {
+        "presence": {"threshold": best["threshold"]},
+        "presence_tuned": {
+            "by": "goca open-vocabulary mIoU (every world class named, the presence test's other settings as "
+            "shipped, the open pass's maps of the kept classes); tau 0",
+            "split": split,
+            "n_scenes": len(rows),
+            "grid": grid,
+        },
+    }
+
+
 def write_defaults(model: Path, chosen: dict) -> Path:
-    """Merge the chosen preset and method fields into the model's attnseg.json (written atomically)."""
+    """Merge the chosen sections (preset, method, presence) into the model's attnseg.json (written atomically)."""
     path = model / "attnseg.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
-    for section in ("preset", "method"):
-        data[section] = {**data.get(section, {}), **chosen.get(section, {})}
-    data["tuned"] = chosen["tuned"]
+    for section in ("preset", "method", "presence"):
+        if section in chosen:
+            data[section] = {**data.get(section, {}), **chosen[section]}
+    for record in ("tuned", "presence_tuned"):
+        if record in chosen:
+            data[record] = chosen[record]
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n")
     return path
@@ -90,14 +151,23 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
         help="a held-out split: attnseg world render --split test --n 200 --out world-data/tune",
     )
     p.add_argument("--n", type=int, default=200, help="scenes to tune on")
+    p.add_argument(
+        "--presence",
+        action="store_true",
+        help="choose the presence test's threshold (open vocabulary) instead of timestep, steps and blur",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the choice, do not write attnseg.json")
 
 
 def run_tune(args: argparse.Namespace) -> int:
     """Run `world tune` from parsed arguments."""
     model = model_folder(args.model)
-    chosen = tune(model, Path(args.root), args.n)
-    print(json.dumps({**chosen["preset"], **chosen["method"]}))
+    if args.presence:
+        chosen = tune_presence(model, Path(args.root), args.n)
+        print(json.dumps(chosen["presence"]))
+    else:
+        chosen = tune(model, Path(args.root), args.n)
+        print(json.dumps({**chosen["preset"], **chosen["method"]}))
     if not args.dry_run:
         print(f"wrote {write_defaults(model, chosen)}")
     return 0
