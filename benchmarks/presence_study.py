@@ -9,7 +9,9 @@ prints, at the threshold with the best mIoU of the "mask" segmentation (absent c
 forward), presence precision / recall / F1 over (scene, class) pairs and that mIoU; then the chosen
 candidate's "rescore" (the method rerun on the same capture with the kept classes only, one forward) and
 "two-pass" (a second forward whose prompt names the kept classes only) segmentations, and the same with the
-ground truth's classes as the decision (the ceiling of each scheme). τ 0 (the world has no background).
+ground truth's classes as the decision (the ceiling of each scheme). With `--candidate C --threshold T
+--weighted P,Q` it also scores the weighted labels (`PresenceConfig.labels`, the shipped rule) of candidate C
+at weight powers P, Q. τ 0 (the world has no background).
 Tune split only: thresholds chosen here are never chosen on the split that is reported.
 """
 
@@ -30,7 +32,7 @@ from attnseg.eval.metrics import ConfusionMeter
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.layers import combine_layers
 from attnseg.method.pipeline import _layer_weights, run_method
-from attnseg.method.presence import naming_gain, restrict_layout
+from attnseg.method.presence import naming_gain, presence_weights, restrict_layout, weighted_labels
 from attnseg.method.rescale import class_maps, content_sum
 from attnseg.prompts import parse_classes, with_rest_column
 from attnseg.world.render import CLASSES
@@ -238,20 +240,6 @@ def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, im
     return np.array([0] + [IDS[i] for i in kept])[out.labels.numpy()]
 
 
-def soft_labels(
-    open_scores: torch.Tensor, class_scores: np.ndarray, threshold: float, gamma: float
-) -> np.ndarray:
-    """World-id prediction with no hard drop: each open map weighted by min(1, score / threshold)^gamma.
-
-    A class at the threshold or above keeps its map (as the mask scheme); one below it still wins the pixels
-    where its map beats the others' by the factor it lost (large gamma: the mask scheme again).
-    """
-    weight = np.clip(class_scores / max(threshold, 1e-12), 0.0, 1.0) ** gamma
-    weight[class_scores.argmax()] = 1.0  # the best class is always kept
-    sc = open_scores * torch.as_tensor(weight, dtype=open_scores.dtype)[:, None, None]
-    return np.array([0] + IDS)[assign_labels(sc, 0.0).numpy()]
-
-
 def add_confusion(meter: ConfusionMeter, gt: np.ndarray, pred: np.ndarray) -> None:
     """Count one scene's world-id truth and prediction (void pixels skipped)."""
     meter.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
@@ -338,7 +326,10 @@ def main() -> None:
     ap.add_argument("--features", default=None, help="an .npz to save the scores to, or reuse them from")
     ap.add_argument("--threshold", default=None, help="score only these thresholds of one candidate: a,b,c")
     ap.add_argument("--candidate", default=None, help="with --threshold: the candidate to score")
-    ap.add_argument("--soft", default=None, help="with --threshold: also soft weighting, these gammas: a,b")
+    ap.add_argument("--weighted", default=None, help="also the weighted labels at these weight powers: a,b")
+    ap.add_argument(
+        "--floor", default="0", help="with --weighted: weight 0 below these fractions of the best"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     ap.add_argument(
         "--presence-set",
@@ -462,11 +453,24 @@ def main() -> None:
             k: round(v, 3) for k, v in prf(keep, truth_a).items()
         }
         row |= {s: seg_conf(keep, s) for s in ("mask", "rescore", "twopass", "blend")}
-        for gamma in [] if args.soft is None else [float(g) for g in args.soft.split(",")]:
-            conf = ConfusionMeter(N_IDS)
-            for (_, gt, _, _, sc), class_scores in zip(cache, scores):
-                add_confusion(conf, gt, soft_labels(sc, class_scores, thr, gamma))
-            row[f"soft_{gamma:g}"] = miou_of(conf)
+        row["mask_clean_scenes"] = sum(
+            set(np.unique(segment_from(seg, plans, cap, k, "mask", image, sc))) <= set(np.unique(gt))
+            for (image, gt, plans, cap, sc), k in zip(cache, keep)
+        )
+        for power in [] if args.weighted is None else [float(g) for g in args.weighted.split(",")]:
+            for floor in [float(f) for f in args.floor.split(",")]:
+                conf = ConfusionMeter(N_IDS)  # the weighted rule (PresenceConfig.labels) at this power
+                clean = 0
+                for (_, gt, _, _, sc), class_scores in zip(cache, scores):
+                    class_scores = torch.as_tensor(class_scores)
+                    weights = presence_weights(class_scores, power)
+                    weights[class_scores < floor * class_scores.max()] = 0.0
+                    weights[class_scores.argmax()] = 1.0
+                    labels, _ = weighted_labels(sc, weights, torch.zeros(sc.shape[1:], dtype=torch.bool))
+                    pred = np.array([0] + IDS)[labels.numpy()]
+                    add_confusion(conf, gt, pred)
+                    clean += set(np.unique(pred)) <= set(np.unique(gt))
+                row[f"weighted_{power:g}_floor_{floor:g}"] = miou_of(conf) + (clean,)
         report["chosen"].append(row)
         print(json.dumps(row), flush=True)
     if args.out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import attnseg
@@ -33,14 +34,43 @@ def test_presence_is_on_by_default_and_records_every_named_class(tiny_sd, random
     npz = np.load(folder / "scores.npz")
     assert npz["present"].tolist() == present
     assert np.allclose(npz["presence_scores"], [found["classes"][n]["score"] for n in names], atol=1e-6)
+    assert np.allclose(npz["presence_weights"], [found["classes"][n]["weight"] for n in names], atol=1e-6)
 
 
 def test_presence_off_is_the_plain_segmentation(tiny_sd, random_image):
     off = Segmentor.from_pretrained(tiny_sd, device="cpu", presence="off")
-    on = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_threshold=-1e9)  # keeps everything
+    # The threshold rule at -1e9 keeps every class with its open map: the segmentation must not change.
+    on = Segmentor.from_pretrained(
+        tiny_sd, device="cpu", presence_labels="threshold", presence_threshold=-1e9
+    )
     a, b = off.segment(random_image, ["cat", "grass"]), on.segment(random_image, ["cat", "grass"])
     assert a.meta["presence"] == {"mode": "off"}
     assert torch.equal(a.labels, b.labels) and torch.equal(a.scores, b.scores)
+
+
+def test_weighted_labels_are_the_open_maps_weighted_by_the_recorded_scores(tiny_sd, random_image):
+    """The default rule: each open map times (score / best)^power; a class is found when it takes a pixel."""
+    from attnseg.method.presence import presence_weights, weighted_labels
+
+    names = ["cat", "grass", "wall", "sky"]
+    every = Segmentor.from_pretrained(
+        tiny_sd, device="cpu", presence_labels="threshold", presence_threshold=-1e9
+    )
+    seg = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_weight_power=0.5)
+    assert seg.presence.labels == "weighted"
+    opened, result = every.segment(random_image, names), seg.segment(random_image, names)
+    found = result.meta["presence"]
+    scores = torch.tensor([found["classes"][n]["score"] for n in names])
+    weights = presence_weights(scores, 0.5)
+    assert [found["classes"][n]["weight"] for n in names] == pytest.approx(weights.tolist(), abs=1e-6)
+    expected, took = weighted_labels(opened.scores, weights, opened.labels == 0)
+    assert torch.equal(result.labels, expected)
+    assert found["found"] == [n for n, t in zip(names, took) if t]
+    for k in range(len(names)):
+        if took[k]:  # a found class's map is its open map, weighted
+            assert torch.allclose(result.scores[k], opened.scores[k] * weights[k])
+        else:  # absent: no score, no pixel
+            assert result.scores[k].abs().sum() == 0 and not (result.labels == k + 1).any()
 
 
 def test_split_prompts_are_tested_each_against_its_own_prompt(tiny_sd, random_image):
@@ -81,15 +111,20 @@ def test_cli_sets_presence_fields_and_refuses_bad_ones(tiny_sd, random_image, tm
         "presence_sharpness=1",
         "--set",
         "presence_threshold=9",
+        "--set",
+        "presence_labels=threshold",
     ]
     assert main([*args, "--out", str(tmp_path / "o"), *sets]) == 0
     found = json.loads((tmp_path / "o" / "a" / "result.json").read_text())["presence"]
     assert found["levels"] == [300, 700] and found["sharpness"] == 1.0 and found["threshold"] == 9.0
+    assert found["labels"] == "threshold"
     assert len(found["found"]) == 1  # nothing reaches 9: only the best class is kept
     capsys.readouterr()
     for bad, says in [
         ("presence_timesteps=0,5", "must lie in"),
         ("presence_colour=1", "unknown presence setting"),
+        ("presence_labels=soft", "presence labels must be one of weighted, threshold"),
+        ("presence_weight_power=0", "weight_power must be > 0"),
     ]:
         try:
             rc = main([*args, "--out", str(tmp_path / "bad"), "--set", bad])

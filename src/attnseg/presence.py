@@ -29,11 +29,14 @@ class PresenceResult:
     rows: int  # denoiser rows the test ran (prompts × levels)
     seconds: float
     first_present: torch.Tensor | None = None  # K bools after the first round, when a second one ran
+    weights: torch.Tensor | None = None  # K map weights, when the labels are weighted (PresenceConfig.labels)
 
     def to_dict(self, names: list[str], config: PresenceConfig) -> dict:
         """For result.json: each class's score and decision, and the settings that made them."""
         return {
             "mode": config.mode,
+            "labels": config.labels,
+            "weight_power": config.weight_power,
             "threshold": config.threshold,
             "sharpness": config.sharpness,
             "levels": list(self.levels),
@@ -41,7 +44,8 @@ class PresenceResult:
             "seconds": round(self.seconds, 4),
             "classes": {
                 n: {"score": round(float(s), 6), "present": bool(p)}
-                for n, s, p in zip(names, self.scores, self.present)
+                | ({} if self.weights is None else {"weight": round(float(self.weights[k]), 6)})
+                for k, (n, s, p) in enumerate(zip(names, self.scores, self.present))
             },
             "first_round_found": None
             if self.first_present is None

@@ -109,7 +109,11 @@ class Segmentation:
         return {
             "presence_scores": np.array([found[c]["score"] for c in self.classes], dtype=np.float32),
             "present": np.array([found[c]["present"] for c in self.classes], dtype=bool),
-        }
+        } | (  # the weighted rule's map weights
+            {"presence_weights": np.array([found[c]["weight"] for c in self.classes], dtype=np.float32)}
+            if all("weight" in found[c] for c in self.classes)
+            else {}
+        )
 
 
 SEGMENTATION_FILES = ("labels.png", "overlay.png", "scores.npz", "result.json")

@@ -21,7 +21,7 @@ from attnseg.io import DEFAULT_MAX_PIXELS, check_memory, load_image, prepare_ima
 from attnseg.method.config import MethodConfig, method_config, model_method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import MethodOutput, run_method
-from attnseg.method.presence import PresenceConfig, presence_config
+from attnseg.method.presence import PresenceConfig, label_present, presence_config
 from attnseg.prompts import DEFAULT_TEMPLATE, ClassSpec, PromptPlan, parse_classes, with_rest_column
 from attnseg.segmentation import Segmentation
 
@@ -305,18 +305,22 @@ class Segmentor:
             self.presence,
             seed,
         )
+        decided = label_present(
+            opened.scores, opened.labels == 0, found.scores, self.presence, self.config.tau
+        )
+        found.present, found.weights = decided.present, decided.weights
         kept = [k for k in range(len(specs)) if found.present[k]]
         kept_specs = [specs[k] for k in kept]
         everything = len(kept) == len(specs) or not self.presence.second_pass
         kept_plans = plans if everything else self.builder.build(kept_specs, self.background)
         if kept_plans is plans:  # the open pass's maps of the kept classes are the segmentation
-            # Background (τ or background words) that beat every class beats the kept ones too: it stays.
-            relabelled = assign_labels(opened.scores[kept], self.config.tau)
-            relabelled[opened.labels == 0] = 0
+            # Every labelled pixel went to a kept class: renumber 1 + k (all classes) to 1 + i (kept ones).
+            renumber = torch.zeros(len(specs) + 1, dtype=torch.long)
+            renumber[torch.tensor(kept, dtype=torch.long) + 1] = torch.arange(1, len(kept) + 1)
             second = Segmentation(
                 [s.name for s in kept_specs],
-                opened.scores[kept],
-                relabelled,
+                decided.maps[kept],
+                renumber[decided.labels],
                 opened.tau,
                 picture,
                 opened.meta,

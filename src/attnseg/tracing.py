@@ -12,7 +12,7 @@ from attnseg.errors import BadCheckpointError, BadConfigError
 from attnseg.method.config import MethodConfig, method_config
 from attnseg.method.labels import assign_labels, upsample
 from attnseg.method.pipeline import CapturedAttention, run_method
-from attnseg.method.presence import presence_config
+from attnseg.method.presence import label_present, presence_config
 from attnseg.method.streaming import CapturePlan, StreamingReducer
 from attnseg.prompts import ClassSpec, PromptPlan, parse_classes
 from attnseg.segmentation import Segmentation
@@ -264,9 +264,9 @@ class Trace:
             labels = assign_labels(scores, tau)
             presence = self._presence(specs, scores, image)
             if presence is not None:  # absent classes: no score, no pixels
-                scores[~presence.present] = 0.0
-                labels = assign_labels(scores, tau)
-                labels[torch.isin(labels, torch.nonzero(~presence.present).flatten() + 1)] = 0
+                decided = label_present(scores, labels == 0, presence.scores, self.presence, tau)
+                presence.present, presence.weights = decided.present, decided.weights
+                scores, labels = decided.maps, decided.labels
             meta["presence"] = (
                 {"mode": "off"}
                 if not self.presence.enabled

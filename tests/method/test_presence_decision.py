@@ -10,10 +10,13 @@ from attnseg.method.pipeline import TokenLayout
 from attnseg.method.presence import (
     PresenceConfig,
     decide,
+    label_present,
     leave_one_out_scores,
     naming_gain,
     presence_config,
+    presence_weights,
     restrict_layout,
+    weighted_labels,
 )
 
 
@@ -72,6 +75,37 @@ def test_scores_compare_across_prompts_of_different_error_levels():
     # A prompt that is harder to denoise everywhere does not make its classes look present.
     shifted = leave_one_out_scores(full + 0.5, left + 0.5, maps)
     assert decide(shifted, 0.02).tolist() == [True, False, False]
+
+
+def test_weighted_labels_let_a_faint_class_win_only_where_its_map_clearly_leads():
+    """Three classes on a 1×4 strip. Scores 0.04 (best), 0.01, -0.02: weights 1, 0.25^p, 0 (p the power)."""
+    scores = torch.tensor([0.04, 0.01, -0.02])
+    weights = presence_weights(scores, 0.5)
+    assert weights.tolist() == pytest.approx([1.0, 0.5, 0.0])
+    maps = torch.tensor(
+        [
+            [[1.0, 0.6, 0.1, 0.2]],  # the best class
+            [[0.0, 1.0, 1.0, 0.1]],  # faint: wins pixel 2 (0.5 > 0.1), loses pixel 1 (0.5 < 0.6)
+            [[0.0, 0.0, 0.0, 1.0]],  # score below 0: never wins, even at its own peak
+        ]
+    )
+    background = torch.tensor([[False, False, False, True]])
+    labels, took = weighted_labels(maps, weights, background)
+    assert labels.tolist() == [[1, 1, 2, 0]] and took.tolist() == [True, True, False]
+    # A higher power is a harder cut: the faint class's weight 0.25 no longer wins pixel 2.
+    labels, took = weighted_labels(maps, presence_weights(scores, 2.0), background)
+    assert labels.tolist() == [[1, 1, 1, 0]] and took.tolist() == [True, False, False]
+    # Scale-free: the same rises on a 10x scale give the same weights; every score <= 0 keeps only the best.
+    assert torch.allclose(presence_weights(10 * scores, 0.5), weights)
+    assert presence_weights(torch.tensor([-0.3, -0.1, -0.2]), 0.5).tolist() == [0.0, 1.0, 0.0]
+    # label_present applies either rule: weighted as above (maps weighted, absent zeroed) ...
+    weighted = label_present(maps, background, scores, PresenceConfig(weight_power=0.5), tau=0.0)
+    assert weighted.labels.tolist() == [[1, 1, 2, 0]] and weighted.present.tolist() == [True, True, False]
+    assert torch.allclose(weighted.maps, maps * torch.tensor([1.0, 0.5, 0.0]).view(3, 1, 1))
+    # ... or the threshold: 0.02 keeps the best class only, which then takes every non-background pixel.
+    cut = label_present(maps, background, scores, PresenceConfig(labels="threshold", threshold=0.02), tau=0.0)
+    assert cut.labels.tolist() == [[1, 1, 1, 0]] and cut.present.tolist() == [True, False, False]
+    assert cut.weights is None and cut.maps[1:].abs().sum() == 0
 
 
 def test_levels_are_capped_by_the_row_budget():

@@ -336,20 +336,37 @@ def test_tune_presence_scores_thresholds_as_the_segmentor_would_and_the_loader_u
     tr.run()
     model = export_from_trainer(tr, tmp_path / "models", name="world-xs")
     held_out = render.render_split(tmp_path / "tune", "test", n=2, seed=0, progress=False)
-    thresholds = (0.0, 1e9)  # 1e9: only each scene's best class is kept
-    chosen = tune_presence(model, held_out, n=2, thresholds=thresholds)
-    grid = {g["threshold"]: g["miou"] for g in chosen["presence_tuned"]["grid"]}
-    assert list(grid) == list(thresholds) and chosen["presence"] == {"threshold": max(grid, key=grid.get)}
-    # Each threshold's score is what Segmentor itself gives with that threshold.
+    thresholds, powers = (0.0, 1e9), (0.2, 4.0)  # threshold 1e9: only each scene's best class is kept
+    chosen = tune_presence(model, held_out, n=2, thresholds=thresholds, powers=powers)
+    grid, clean = {}, {}  # (rule, its setting) -> mIoU, clean scenes
+    for g in chosen["presence_tuned"]["grid"]:
+        key = g["labels"], g["threshold"] if g["labels"] == "threshold" else g["weight_power"]
+        grid[key], clean[key] = g["miou"], g["clean_scenes"]
+    assert list(grid) == [("threshold", t) for t in thresholds] + [("weighted", p) for p in powers]
+    best = {}  # the best mIoU among settings with most scenes clean (2 of 2), else the best mIoU
+    for rule in ("weighted", "threshold"):
+        ok = [k for k in grid if k[0] == rule and clean[k] == 2] or [k for k in grid if k[0] == rule]
+        best[rule] = max(ok, key=grid.get)
+    assert chosen["presence"] == {  # a tie goes to the default rule, weighted
+        "labels": max(best.values(), key=grid.get)[0],
+        "threshold": best["threshold"][1],
+        "weight_power": best["weighted"][1],
+    }
+    # Each setting's score is what Segmentor itself gives with that setting.
     names, ids = [c.name for c in render.CLASSES], np.array([0] + [c.id for c in render.CLASSES])
-    for t in thresholds:
-        seg = Segmentor.from_pretrained(str(model), "goca", dtype="float32", tau=0.0, presence_threshold=t)
-        meter = ConfusionMeter(int(ids.max()) + 1)
+    for (rule, value), miou in grid.items():
+        field = "presence_threshold" if rule == "threshold" else "presence_weight_power"
+        seg = Segmentor.from_pretrained(
+            str(model), "goca", dtype="float32", tau=0.0, presence_labels=rule, **{field: value}
+        )
+        meter, clean_here = ConfusionMeter(int(ids.max()) + 1), 0
         for row in scaling.read_rows(held_out, 2):
             out = seg.segment(Image.open(held_out / row["image"]).convert("RGB"), names)
-            meter.update(torch.from_numpy(ids[out.labels.numpy()]), torch.from_numpy(
-                np.asarray(Image.open(held_out / row["mask"])).astype(np.int64)))  # fmt: skip
-        assert grid[t] == pytest.approx(100 * meter.compute().miou, abs=0.01)
+            predicted, truth = ids[out.labels.numpy()], np.asarray(Image.open(held_out / row["mask"]))
+            meter.update(torch.from_numpy(predicted), torch.from_numpy(truth.astype(np.int64)))
+            clean_here += set(np.unique(predicted)) <= set(np.unique(truth))
+        assert miou == pytest.approx(100 * meter.compute().miou, abs=0.01)
+        assert clean[rule, value] == clean_here
     write_defaults(model, {"method": {"blur": False}})
     path = write_defaults(
         model, {"presence": {"threshold": 0.25}, "presence_tuned": chosen["presence_tuned"]}

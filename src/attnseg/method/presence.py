@@ -3,7 +3,9 @@
 A class is judged present when leaving its name out of the prompt raises the denoiser's error where the open
 pass puts the class (a leave-one-out diffusion-classifier test, localised by the class's own map). Errors are
 taken relative to the error of the prompt the class was named in, so classes named in different prompts (long
-vocabularies) are compared on one scale. The segmentation is then run again with the present classes only.
+vocabularies) are compared on one scale. The scores then label the image from the open pass's maps
+(`label_present`): by default each map is weighted by its class's score relative to the image's best, so no
+class is cut at a hard threshold; the "threshold" rule keeps the classes whose score reaches a threshold.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from attnseg.errors import BadConfigError
+from attnseg.method.labels import assign_labels
 from attnseg.method.pipeline import TokenLayout
 
 PRESENCE_MODES = ("off", "denoise")
+PRESENCE_LABELS = ("weighted", "threshold")
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,21 @@ class PresenceConfig:
     # kept classes. Chosen on the tune split: with the test's mistakes the open maps score higher (a wrongly
     # kept class named alone takes a min-max peak of its own); with a perfect test the second pass is better.
     second_pass: bool = False
+    # How the scores label the image. "weighted": every class's open-pass map is weighted by
+    # (its score / the image's best score)^weight_power (score <= 0: weight 0, the class takes no pixel) and
+    # each pixel goes to the highest weighted map; a class is found when it takes a pixel. No hard cut, so a
+    # thin thing the test barely hears still wins where its map is clearly strongest, and an absent class
+    # must beat the others' maps by the factor it lost. "threshold": keep the classes whose score reaches
+    # `threshold` and label with their maps (the earlier rule). Chosen on the tune split (docs/WORLD.md).
+    labels: str = "weighted"
+    weight_power: float = 0.2
 
     def __post_init__(self) -> None:
-        numbers = {"threshold": self.threshold, "sharpness": self.sharpness}
+        numbers = {
+            "threshold": self.threshold,
+            "sharpness": self.sharpness,
+            "weight_power": self.weight_power,
+        }
         integers = {"max_rows": self.max_rows, "rounds": self.rounds}
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -65,6 +81,12 @@ class PresenceConfig:
             raise BadConfigError(f"presence timesteps must lie in (0, 1000), got {self.timesteps}")
         if self.rounds not in (1, 2):
             raise BadConfigError(f"presence rounds must be 1 or 2, got {self.rounds}")
+        if self.labels not in PRESENCE_LABELS:
+            raise BadConfigError(
+                f"presence labels must be one of {', '.join(PRESENCE_LABELS)}, got {self.labels!r}"
+            )
+        if not self.weight_power > 0:
+            raise BadConfigError(f"presence weight_power must be > 0, got {self.weight_power}")
         if not self.sharpness > 0:
             raise BadConfigError(f"presence sharpness must be > 0, got {self.sharpness}")
         if self.max_rows < 1:
@@ -187,6 +209,69 @@ def decide(scores_k: torch.Tensor, threshold: float) -> torch.Tensor:
     if scores_k.numel():
         keep[scores_k.argmax()] = True  # an image shows something: never segment into nothing
     return keep
+
+
+def presence_weights(scores_k: torch.Tensor, power: float) -> torch.Tensor:
+    """K weights in [0, 1]: (score / best score)^power, 0 where the score is not above 0; the best class 1."""
+    weights = torch.zeros(scores_k.shape, dtype=torch.float32)
+    if not scores_k.numel():
+        return weights
+    best = scores_k.max()
+    if best > 0:
+        weights = (scores_k.float().clamp_min(0) / best.float()) ** power
+    weights[scores_k.argmax()] = 1.0  # an image shows something: never segment into nothing
+    return weights
+
+
+def weighted_labels(
+    maps_khw: torch.Tensor, weights_k: torch.Tensor, background_hw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (H×W: 0 where background_hw, else k+1 of the highest weighted map) and K bools: took a pixel.
+
+    Classes of weight 0 take no pixel. Where background already won (τ or background words beat every
+    class's map, weighted or not) it stays: weighting decides which class, not whether there is one.
+    """
+    weighted = maps_khw.float() * weights_k.view(-1, 1, 1)
+    weighted[weights_k <= 0] = float("-inf")
+    labels = weighted.argmax(0) + 1
+    labels[background_hw] = 0
+    took = torch.bincount(labels.flatten(), minlength=len(weights_k) + 1)[1:] > 0
+    return labels, took
+
+
+@dataclass
+class PresentLabels:
+    """An image labelled with the classes the test found, from the open pass's maps (no second forward)."""
+
+    maps: torch.Tensor  # K×H×W: a found class's map (weighted, under the weighted rule), 0 for the others
+    labels: torch.Tensor  # H×W: 0 background, k + 1 for class k (found classes only)
+    present: torch.Tensor  # K bools
+    weights: torch.Tensor | None  # K map weights under the weighted rule, else None
+
+
+def label_present(
+    maps_khw: torch.Tensor,
+    background_hw: torch.Tensor,
+    scores_k: torch.Tensor,
+    config: PresenceConfig,
+    tau: float,
+) -> PresentLabels:
+    """Apply the test's scores to the open pass's maps by `config.labels`; background_hw: where it already won.
+
+    "weighted": `weighted_labels` of the maps weighted by `presence_weights`; found = took a pixel (the best
+    class when none did). "threshold": the classes `decide` keeps, labelled by their maps and τ.
+    """
+    if config.labels == "weighted":
+        weights = presence_weights(scores_k, config.weight_power)
+        labels, present = weighted_labels(maps_khw, weights, background_hw)
+        if not present.any():  # background everywhere: report the best class, as the threshold rule does
+            present = decide(scores_k, float("inf"))
+        return PresentLabels(maps_khw * (weights * present).view(-1, 1, 1), labels, present, weights)
+    present = decide(scores_k, config.threshold)
+    kept = present.nonzero().flatten()
+    labels = torch.cat([torch.zeros(1, dtype=torch.long), kept + 1])[assign_labels(maps_khw[kept], tau)]
+    labels[background_hw] = 0  # background that beat every class beats the kept ones too: it stays
+    return PresentLabels(maps_khw * present.view(-1, 1, 1), labels, present, None)
 
 
 def restrict_layout(layout: TokenLayout, keep: list[int]) -> TokenLayout:
