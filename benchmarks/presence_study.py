@@ -240,6 +240,19 @@ def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, im
     return np.array([0] + [IDS[i] for i in kept])[out.labels.numpy()]
 
 
+def rescored_maps(seg: Segmentor, plans, cap, keep_k: np.ndarray, size=(64, 64)) -> torch.Tensor:
+    """K×H×W: the method rerun on the capture with only the kept classes' tokens (0 for the others)."""
+    maps = torch.zeros(len(NAMES), *size)
+    for j, plan in enumerate(plans):
+        local = [i for i, kk in enumerate(plan.class_indices) if keep_k[kk]]
+        if local:
+            out = run_method(cap.rows([j]), restrict_layout(plan.layout, local), seg.config)
+            up = upsample(out.class_maps[0][None].float(), size)[0]
+            for li, i in enumerate(local):
+                maps[plan.class_indices[i]] = up[li]
+    return maps
+
+
 def add_confusion(meter: ConfusionMeter, gt: np.ndarray, pred: np.ndarray) -> None:
     """Count one scene's world-id truth and prediction (void pixels skipped)."""
     meter.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
@@ -329,6 +342,11 @@ def main() -> None:
     ap.add_argument("--weighted", default=None, help="also the weighted labels at these weight powers: a,b")
     ap.add_argument(
         "--floor", default="0", help="with --weighted: weight 0 below these fractions of the best"
+    )
+    ap.add_argument(
+        "--rescore-weighted",
+        action="store_true",
+        help="with --weighted: rerun the method over weighted classes",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     ap.add_argument(
@@ -461,11 +479,13 @@ def main() -> None:
             for floor in [float(f) for f in args.floor.split(",")]:
                 conf = ConfusionMeter(N_IDS)  # the weighted rule (PresenceConfig.labels) at this power
                 clean = 0
-                for (_, gt, _, _, sc), class_scores in zip(cache, scores):
+                for (_, gt, plans, cap, sc), class_scores in zip(cache, scores):
                     class_scores = torch.as_tensor(class_scores)
                     weights = presence_weights(class_scores, power)
                     weights[class_scores < floor * class_scores.max()] = 0.0
                     weights[class_scores.argmax()] = 1.0
+                    if args.rescore_weighted:  # the method again over the classes that keep a weight
+                        sc = rescored_maps(seg, plans, cap, (weights > 0).numpy())
                     labels, _ = weighted_labels(sc, weights, torch.zeros(sc.shape[1:], dtype=torch.bool))
                     pred = np.array([0] + IDS)[labels.numpy()]
                     add_confusion(conf, gt, pred)

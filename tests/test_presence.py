@@ -58,6 +58,11 @@ def test_weighted_labels_are_the_open_maps_weighted_by_the_recorded_scores(tiny_
     )
     seg = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_weight_power=0.5)
     assert seg.presence.labels == "weighted"
+    # A threshold given alone means the threshold rule: it is never silently ignored.
+    assert (
+        Segmentor.from_pretrained(tiny_sd, device="cpu", presence_threshold=0.5).presence.labels
+        == "threshold"
+    )
     opened, result = every.segment(random_image, names), seg.segment(random_image, names)
     found = result.meta["presence"]
     scores = torch.tensor([found["classes"][n]["score"] for n in names])

@@ -89,10 +89,16 @@ def presence_for(
 ) -> PresenceConfig:
     """The presence test's settings for this model: yours, then its attnseg.json's "presence", then the defaults.
 
-    A PresenceConfig given whole is used as it is.
+    A PresenceConfig given whole is used as it is. A threshold (or weight power) you give without a rule picks
+    the rule it belongs to, so that it is never silently ignored under the model's other rule.
     """
     if isinstance(presence, PresenceConfig):
         return presence
+    implied = [
+        rule for field, rule in (("threshold", "threshold"), ("weight_power", "weighted")) if field in tests
+    ]
+    if "labels" not in tests and len(implied) == 1:
+        tests = {**tests, "labels": implied[0]}
     return presence_config(presence, **(backbone.defaults.get("presence", {}) | tests))
 
 
