@@ -344,6 +344,11 @@ def main() -> None:
         "--floor", default="0", help="with --weighted: weight 0 below these fractions of the best"
     )
     ap.add_argument(
+        "--second-weighted",
+        action="store_true",
+        help="with --weighted: a second forward naming the found classes",
+    )
+    ap.add_argument(
         "--rescore-weighted",
         action="store_true",
         help="with --weighted: rerun the method over weighted classes",
@@ -479,13 +484,20 @@ def main() -> None:
             for floor in [float(f) for f in args.floor.split(",")]:
                 conf = ConfusionMeter(N_IDS)  # the weighted rule (PresenceConfig.labels) at this power
                 clean = 0
-                for (_, gt, plans, cap, sc), class_scores in zip(cache, scores):
+                for (image, gt, plans, cap, sc), class_scores in zip(cache, scores):
                     class_scores = torch.as_tensor(class_scores)
                     weights = presence_weights(class_scores, power)
                     weights[class_scores < floor * class_scores.max()] = 0.0
                     weights[class_scores.argmax()] = 1.0
                     if args.rescore_weighted:  # the method again over the classes that keep a weight
                         sc = rescored_maps(seg, plans, cap, (weights > 0).numpy())
+                    if args.second_weighted:  # a second forward naming the found classes, weighted again
+                        no_bg = torch.zeros(sc.shape[1:], dtype=torch.bool)
+                        found = weighted_labels(sc, weights, no_bg)[1]
+                        kept = found.nonzero().flatten().tolist()
+                        second = seg.segment(image, [NAMES[i] for i in kept]).scores.float()
+                        sc = torch.zeros_like(sc)
+                        sc[kept] = second
                     labels, _ = weighted_labels(sc, weights, torch.zeros(sc.shape[1:], dtype=torch.bool))
                     pred = np.array([0] + IDS)[labels.numpy()]
                     add_confusion(conf, gt, pred)
