@@ -221,16 +221,7 @@ def segment_from(seg: Segmentor, plans, cap, keep_k: np.ndarray, scheme: str, im
         lab = assign_labels(sc, 0.0).numpy()
         return np.array([0] + IDS)[lab]
     if scheme == "rescore":
-        maps = [None] * len(NAMES)
-        for j, plan in enumerate(plans):
-            local = [i for i, kk in enumerate(plan.class_indices) if keep_k[kk]]
-            if not local:
-                continue
-            out = run_method(cap.rows([j]), restrict_layout(plan.layout, local), seg.config)
-            for li, i in enumerate(local):
-                maps[plan.class_indices[i]] = out.class_maps[0, li]
-        sc = upsample(torch.stack([maps[i] for i in kept])[None].float(), (64, 64))[0]
-        lab = assign_labels(sc, 0.0).numpy()
+        lab = assign_labels(rescored_maps(seg, plans, cap, keep_k)[kept], 0.0).numpy()
         return np.array([0] + [IDS[i] for i in kept])[lab]
     out = seg.segment(image, [NAMES[i] for i in kept])
     if scheme == "blend":  # the second forward's maps averaged with the open pass's, kept classes only
@@ -491,14 +482,14 @@ def main() -> None:
                     weights[class_scores.argmax()] = 1.0
                     if args.rescore_weighted:  # the method again over the classes that keep a weight
                         sc = rescored_maps(seg, plans, cap, (weights > 0).numpy())
+                    no_bg = torch.zeros(sc.shape[1:], dtype=torch.bool)  # τ 0: no pixel is background
                     if args.second_weighted:  # a second forward naming the found classes, weighted again
-                        no_bg = torch.zeros(sc.shape[1:], dtype=torch.bool)
                         found = weighted_labels(sc, weights, no_bg)[1]
                         kept = found.nonzero().flatten().tolist()
                         second = seg.segment(image, [NAMES[i] for i in kept]).scores.float()
                         sc = torch.zeros_like(sc)
                         sc[kept] = second
-                    labels, _ = weighted_labels(sc, weights, torch.zeros(sc.shape[1:], dtype=torch.bool))
+                    labels, _ = weighted_labels(sc, weights, no_bg)
                     pred = np.array([0] + IDS)[labels.numpy()]
                     add_confusion(conf, gt, pred)
                     clean += set(np.unique(pred)) <= set(np.unique(gt))
