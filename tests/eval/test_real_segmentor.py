@@ -57,6 +57,11 @@ def test_open_protocol_runs_the_presence_step_and_says_so(tmp_path: Path, tiny_s
         json.loads(x)
         for x in (tmp_path / "on" / "records").glob("*.jsonl").__next__().read_text().splitlines()
     ]
+    # Clean: no found class the image lacks; exact: found = the image's classes (from each record's own truth).
+    truths = {r["id"]: {t for t, _, k in zip(*[iter(r["conf"])] * 3) if k} for r in records}
+    found = {r["id"]: set(r["present"]) for r in records}
+    assert pres["clean_images"] == sum(found[i] <= truths[i] for i in found)
+    assert pres["exact_images"] == sum(found[i] == truths[i] for i in found)
     assert all("present" in r and len(r["presence_scores"]) == len(r["ids"]) for r in records)
     off = run_eval(EvalConfig(out=str(tmp_path / "off"), presence="off", **base))
     assert off["protocol"]["presence"] == "off" and off["presence"] is None

@@ -42,12 +42,14 @@ class PresenceCounts:
     fp: torch.Tensor
     fn: torch.Tensor
     images: torch.Tensor  # 1 element: images whose record carries decisions
+    clean: torch.Tensor  # 1 element: of those, images with no class judged present that is not there
+    exact: torch.Tensor  # 1 element: images whose found classes are exactly the ones there
 
     @classmethod
     def zeros(cls, n: int) -> PresenceCounts:
         """Empty counts for n eval ids (void included, never counted)."""
-        z = lambda: torch.zeros(n, dtype=torch.int64)  # noqa: E731
-        return cls(z(), z(), z(), torch.zeros(1, dtype=torch.int64))
+        z = lambda size=n: torch.zeros(size, dtype=torch.int64)  # noqa: E731
+        return cls(z(), z(), z(), z(1), z(1), z(1))
 
     def add(self, rec: ImageRecord, n: int) -> None:
         """Count one record's decisions against its ground truth (the classes with pixels in its confusion)."""
@@ -58,16 +60,21 @@ class PresenceCounts:
             return
         truth = M.dense(cells, n)[: n - 1].sum(1) > 0
         said = set(rec.present)
+        wrong = missed = 0
         for eval_id in rec.ids:
             yes, real = eval_id in said, bool(truth[eval_id])
             self.tp[eval_id] += yes and real
             self.fp[eval_id] += yes and not real
             self.fn[eval_id] += real and not yes
+            wrong, missed = wrong + (yes and not real), missed + (real and not yes)
         self.images += 1
+        self.clean += wrong == 0
+        self.exact += wrong == 0 and missed == 0
 
     def all_reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> PresenceCounts:
         """The counts summed over processes."""
-        return PresenceCounts(reduce(self.tp), reduce(self.fp), reduce(self.fn), reduce(self.images))
+        parts = (self.tp, self.fp, self.fn, self.images, self.clean, self.exact)
+        return PresenceCounts(*(reduce(t) for t in parts))
 
     def describe_protocol(self, protocol: dict[str, Any]) -> dict[str, Any]:
         """The protocol record with whether a presence step decided the classes (so metrics.json says so)."""
@@ -78,7 +85,8 @@ class PresenceCounts:
         return protocol | {"presence": "on" if on else "off", "description": text}
 
     def summary(self, names: Sequence[str], ids: Iterable[int]) -> dict[str, Any] | None:
-        """Precision, recall and F1 over (image, class) pairs, overall and per class; None without decisions."""
+        """Precision, recall and F1 over (image, class) pairs, overall and per class, and the images labelled
+        with no absent class (clean) and with exactly their classes (exact); None without decisions."""
         if int(self.images) == 0:
             return None
         per_class = {}
@@ -87,7 +95,12 @@ class PresenceCounts:
             if tp + fp + fn:
                 per_class[names[i]] = _prf(tp, fp, fn)
         total = _prf(int(self.tp.sum()), int(self.fp.sum()), int(self.fn.sum()))
-        return {"images": int(self.images), **total, "per_class": per_class}
+        images = {
+            "images": int(self.images),
+            "clean_images": int(self.clean),
+            "exact_images": int(self.exact),
+        }
+        return {**images, **total, "per_class": per_class}
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict[str, Any]:
