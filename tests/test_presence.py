@@ -39,13 +39,30 @@ def test_presence_is_on_by_default_and_records_every_named_class(tiny_sd, random
 
 def test_presence_off_is_the_plain_segmentation(tiny_sd, random_image):
     off = Segmentor.from_pretrained(tiny_sd, device="cpu", presence="off")
-    # The threshold rule at -1e9 keeps every class with its open map: the segmentation must not change.
-    on = Segmentor.from_pretrained(
-        tiny_sd, device="cpu", presence_labels="threshold", presence_threshold=-1e9
-    )
+    # The threshold rule at -1e9 keeps every class with its open map: with the method's own rescaling in the
+    # open pass, the segmentation must not change.
+    keep_all = {"presence_labels": "threshold", "presence_threshold": -1e9}
+    on = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_open_rescale="method", **keep_all)
     a, b = off.segment(random_image, ["cat", "grass"]), on.segment(random_image, ["cat", "grass"])
     assert a.meta["presence"] == {"mode": "off"}
     assert torch.equal(a.labels, b.labels) and torch.equal(a.scores, b.scores)
+    # By default the open pass rescales by min-max alone: goca's maps with rescale=minmax, recorded as such.
+    plain = Segmentor.from_pretrained(tiny_sd, device="cpu", presence="off", rescale="minmax")
+    c, d = (
+        plain.segment(random_image, ["cat", "grass"]),
+        Segmentor.from_pretrained(tiny_sd, device="cpu", **keep_all).segment(random_image, ["cat", "grass"]),
+    )
+    assert torch.equal(c.labels, d.labels) and torch.equal(c.scores, d.scores)
+    assert not torch.equal(c.scores, a.scores)
+    assert d.meta["settings"]["rescale"] == "minmax" and d.meta["presence"]["open_rescale"] == "minmax"
+    assert a.meta["settings"]["rescale"] == "goca"
+    # One class alone has nothing to be tested against: its open pass is the method's own, also in a batch
+    # beside an image naming two.
+    lone, pair = Segmentor.from_pretrained(tiny_sd, device="cpu").segment_each(
+        [random_image, random_image], [["cat"], ["cat", "grass"]]
+    )
+    assert lone.meta["settings"]["rescale"] == "goca" and pair.meta["settings"]["rescale"] == "minmax"
+    assert torch.allclose(lone.scores, off.segment(random_image, ["cat"]).scores, atol=1e-5)
 
 
 def test_weighted_labels_are_the_open_maps_weighted_by_the_recorded_scores(tiny_sd, random_image):

@@ -37,6 +37,8 @@ class PresenceResult:
             "mode": config.mode,
             "labels": config.labels,
             "weight_power": config.weight_power,
+            "min_share": config.min_share,
+            "open_rescale": config.open_rescale,
             "threshold": config.threshold,
             "sharpness": config.sharpness,
             "levels": list(self.levels),

@@ -283,10 +283,12 @@ class Segmentor:
         results: list[Segmentation] = []
         for start in range(0, len(pictures), self.batch_size):
             stop = min(len(pictures), start + self.batch_size)
-            opened = self._segment_batch(pictures[start:stop], names[start:stop], jobs[start:stop], seed)
-            if self.presence.enabled:  # the open pass above only locates the classes for the test
+            batch = (pictures[start:stop], names[start:stop], jobs[start:stop], seed)
+            if self.presence.enabled:  # an open pass naming every class locates them for the test
+                opened = self._segment_batch(*batch, open_pass=True)
                 opened = [self._keep_present(r, job, seed) for r, job in zip(opened, jobs[start:stop])]
             else:
+                opened = self._segment_batch(*batch)
                 for r in opened:
                     r.meta["presence"] = {"mode": "off"}
             results.extend(opened)
@@ -371,8 +373,19 @@ class Segmentor:
             )
         return self._segment_batch(pictures, names, [_Prompts(specs, [plan])], seed)[0]
 
-    def _segment_batch(self, pictures, names, jobs: list[_Prompts], seed) -> list[Segmentation]:
-        """One denoiser forward for every (image, prompt) row of a batch; each image is encoded once."""
+    def _segment_batch(
+        self, pictures, names, jobs: list[_Prompts], seed, open_pass: bool = False
+    ) -> list[Segmentation]:
+        """One denoiser forward for every (image, prompt) row of a batch; each image is encoded once.
+
+        open_pass: the presence step's open pass, whose method settings are `PresenceConfig.open_pass_config`'s
+        for a job naming several classes (one class alone has nothing to be tested against: the method's own).
+        """
+        config = self.config
+
+        def config_of(job: _Prompts) -> MethodConfig:
+            return self.presence.open_pass_config(config) if open_pass and len(job.specs) > 1 else config
+
         keep = max(plan.n_tokens for job in jobs for plan in job.plans)  # kept columns, shared by every row
         image_rows = [i for i, job in enumerate(jobs) for _ in job.plans]  # rows: image-major, prompt-minor
         prompts = [plan.text for job in jobs for plan in job.plans]
@@ -382,18 +395,18 @@ class Segmentor:
         if self.backbone.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.backbone.device)
         captured, capture_bytes = self.backbone.capture(
-            self._pixels(pictures), prompts, keep, self.config, generator, image_rows=image_rows
+            self._pixels(pictures), prompts, keep, config, generator, image_rows=image_rows
         )
         times["forward_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        # Rows that share a prompt (the same class list on several images) run the method together.
-        groups: dict[str, list[int]] = {}
+        # Rows that share a prompt and settings (the same class list on several images) run the method together.
+        groups: dict[tuple[str, MethodConfig], list[int]] = {}
         for row, text in enumerate(prompts):
-            groups.setdefault(text, []).append(row)
+            groups.setdefault((text, config_of(jobs[image_rows[row]])), []).append(row)
         plan_of = {plan.text: with_rest_column(plan, keep) for job in jobs for plan in job.plans}
         outputs: dict[int, tuple[MethodOutput, int]] = {}
-        for text, rows in groups.items():
-            out = run_method(captured.rows(rows), plan_of[text].layout, self.config)
+        for (text, settings), rows in groups.items():
+            out = run_method(captured.rows(rows), plan_of[text].layout, settings)
             outputs.update({row: (out, local) for local, row in enumerate(rows)})
         times["method_s"] = time.perf_counter() - t1
         peak = {"capture_store_bytes": capture_bytes, "process_peak_rss_bytes": _peak_rss_bytes()}
@@ -422,12 +435,12 @@ class Segmentor:
             bg = None
             if background_maps:
                 bg = upsample(torch.stack(background_maps).mean(0)[None].float(), size)[0].clamp(0, 1).cpu()
-            labels = assign_labels(scores, self.config.tau, bg, rule=self.config.label_rule)
+            labels = assign_labels(scores, config.tau, bg, rule=config.label_rule)
             meta = {
                 "image": names[i],
                 "image_size": [picture.width, picture.height],
                 "method": self.method,
-                "settings": self.config.to_dict(),
+                "settings": config_of(job).to_dict(),
                 "model": {**self.backbone.info(), "hash": self.model_hash}
                 | ({"note": self.model_note()} if self.model_note() else {}),
                 "native_size": self.backbone.preset.native_size,
@@ -452,9 +465,7 @@ class Segmentor:
             }
             merged = bg.amax(0) if bg is not None else None
             results.append(
-                Segmentation(
-                    [s.name for s in job.specs], scores, labels, self.config.tau, picture, meta, merged
-                )
+                Segmentation([s.name for s in job.specs], scores, labels, config.tau, picture, meta, merged)
             )
         return results
 

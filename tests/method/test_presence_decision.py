@@ -108,6 +108,36 @@ def test_weighted_labels_let_a_faint_class_win_only_where_its_map_clearly_leads(
     assert cut.weights is None and cut.maps[1:].abs().sum() == 0
 
 
+def test_a_found_class_under_the_smallest_share_gives_its_pixels_to_the_next_best():
+    """Three classes on a 1×10 strip: class 2 takes one pixel (10%) under the weighted labels, class 1 two."""
+    maps = torch.tensor(
+        [
+            [[1.0] * 7 + [0.5, 0.5, 0.5]],
+            [[0.0] * 7 + [0.9, 0.9, 0.0]],
+            [[0.0] * 9 + [0.9]],
+        ]
+    )
+    scores = torch.tensor([0.04, 0.04, 0.04])  # all weight 1: the maps alone decide
+    background = torch.zeros(1, 10, dtype=torch.bool)
+    config = PresenceConfig(weight_power=1.0)
+    assert label_present(maps, background, scores, config, 0.0).labels.tolist() == [[1] * 7 + [2, 2, 3]]
+    # 15%: class 2 (10%) is dropped and its pixel goes to class 0 (0.5 there); class 1 (20%) stays.
+    kept = label_present(maps, background, scores, PresenceConfig(weight_power=1.0, min_share=0.15), 0.0)
+    assert kept.labels.tolist() == [[1] * 7 + [2, 2, 1]] and kept.present.tolist() == [True, True, False]
+    assert kept.maps[2].abs().sum() == 0 and kept.weights.tolist() == [1.0, 1.0, 1.0]  # the test's weights
+    # 25%: smallest first: class 2, then class 1 (now 20%); class 0 takes everything.
+    alone = label_present(maps, background, scores, PresenceConfig(weight_power=1.0, min_share=0.25), 0.0)
+    assert alone.labels.tolist() == [[1] * 10] and alone.present.tolist() == [True, False, False]
+    # The same under the threshold rule; and the last class left is never dropped, however small.
+    cut = PresenceConfig(labels="threshold", threshold=0.0, min_share=0.25)
+    assert label_present(maps, background, scores, cut, 0.0).present.tolist() == [True, False, False]
+    lone = PresenceConfig(weight_power=1.0, min_share=0.5)
+    small = label_present(maps, torch.arange(10).view(1, 10) < 8, scores, lone, 0.0)  # 2 labelled pixels
+    assert small.present.sum() == 1 and (small.labels > 0).sum() == 2
+    with pytest.raises(BadConfigError, match="min_share"):
+        PresenceConfig(min_share=1.0)
+
+
 def test_levels_are_capped_by_the_row_budget():
     config = PresenceConfig(timesteps=(100, 300, 500, 700, 900), max_rows=80)
     assert config.levels_for(14) == (100, 300, 500, 700, 900)  # 13 classes, one prompt: 70 rows

@@ -337,27 +337,45 @@ def test_tune_presence_scores_thresholds_as_the_segmentor_would_and_the_loader_u
     model = export_from_trainer(tr, tmp_path / "models", name="world-xs")
     held_out = render.render_split(tmp_path / "tune", "test", n=2, seed=0, progress=False)
     thresholds, powers = (0.0, 1e9), (0.2, 4.0)  # threshold 1e9: only each scene's best class is kept
-    chosen = tune_presence(model, held_out, n=2, thresholds=thresholds, powers=powers)
-    grid, clean = {}, {}  # (rule, its setting) -> mIoU, clean scenes
+    shares = (0.0, 0.3)  # 0.3: a class under 30% of the image is dropped
+    chosen = tune_presence(model, held_out, n=2, thresholds=thresholds, powers=powers, min_shares=shares)
+    grid, clean = {}, {}  # (open rescaling, rule, its setting, min share) -> mIoU, clean scenes
     for g in chosen["presence_tuned"]["grid"]:
-        key = g["labels"], g["threshold"] if g["labels"] == "threshold" else g["weight_power"]
+        value = g["threshold"] if g["labels"] == "threshold" else g["weight_power"]
+        key = g["open_rescale"], g["labels"], value, g["min_share"]
         grid[key], clean[key] = g["miou"], g["clean_scenes"]
-    assert list(grid) == [("threshold", t) for t in thresholds] + [("weighted", p) for p in powers]
+    assert list(grid) == [
+        (rescale, rule, value, share)
+        for rescale in ("minmax", "method")
+        for rule, values in (("threshold", thresholds), ("weighted", powers))
+        for value in values
+        for share in shares
+    ]
     best = {}  # the best mIoU among settings with most scenes clean (2 of 2), else the best mIoU
     for rule in ("weighted", "threshold"):
-        ok = [k for k in grid if k[0] == rule and clean[k] == 2] or [k for k in grid if k[0] == rule]
+        ok = [k for k in grid if k[1] == rule and clean[k] == 2] or [k for k in grid if k[1] == rule]
         best[rule] = max(ok, key=grid.get)
+    top = max(best.values(), key=grid.get)
     assert chosen["presence"] == {  # a tie goes to the default rule, weighted
-        "labels": max(best.values(), key=grid.get)[0],
-        "threshold": best["threshold"][1],
-        "weight_power": best["weighted"][1],
+        "labels": top[1],
+        "threshold": best["threshold"][2],
+        "weight_power": best["weighted"][2],
+        "min_share": top[3],
+        "open_rescale": top[0],
     }
     # Each setting's score is what Segmentor itself gives with that setting.
     names, ids = [c.name for c in render.CLASSES], np.array([0] + [c.id for c in render.CLASSES])
-    for (rule, value), miou in grid.items():
+    for (rescale, rule, value, share), miou in grid.items():
         field = "presence_threshold" if rule == "threshold" else "presence_weight_power"
         seg = Segmentor.from_pretrained(
-            str(model), "goca", dtype="float32", tau=0.0, presence_labels=rule, **{field: value}
+            str(model),
+            "goca",
+            dtype="float32",
+            tau=0.0,
+            presence_labels=rule,
+            presence_min_share=share,
+            presence_open_rescale=rescale,
+            **{field: value},
         )
         meter, clean_here = ConfusionMeter(int(ids.max()) + 1), 0
         for row in scaling.read_rows(held_out, 2):
@@ -366,7 +384,9 @@ def test_tune_presence_scores_thresholds_as_the_segmentor_would_and_the_loader_u
             meter.update(torch.from_numpy(predicted), torch.from_numpy(truth.astype(np.int64)))
             clean_here += set(np.unique(predicted)) <= set(np.unique(truth))
         assert miou == pytest.approx(100 * meter.compute().miou, abs=0.01)
-        assert clean[rule, value] == clean_here
+        assert clean[rescale, rule, value, share] == clean_here
+    # The two rescalings give different open maps, so different grids.
+    assert any(grid[("minmax", *k[1:])] != grid[("method", *k[1:])] for k in grid if k[0] == "minmax")
     write_defaults(model, {"method": {"blur": False}})
     path = write_defaults(
         model, {"presence": {"threshold": 0.25}, "presence_tuned": chosen["presence_tuned"]}

@@ -11,7 +11,8 @@ background, so τ 0 (`WORLD_TAU`) is written with the choice.
 
 `--presence` chooses how the presence test's scores label the image instead, by goca's open-vocabulary mIoU
 (every world class named): a grid of thresholds (labels "threshold") and of weight powers (labels
-"weighted"). Each scene is segmented once with every class kept (the open pass's maps and each class's
+"weighted"), each with a grid of the smallest share of the image a found class keeps (`min_share`), for
+both rescalings of the open pass (`open_rescale`). Each scene is segmented once with every class kept (the open pass's maps and each class's
 presence score), and each setting relabels those maps as `Segmentor` does. Per rule the best mIoU among the
 settings that leave most scenes clean (no label the scene lacks), and the better rule, are written as the
 model's "presence" section: a test's scores sit higher or lower with the model.
@@ -33,7 +34,7 @@ from PIL import Image
 from attnseg.backbones.loading import resolve_model
 from attnseg.errors import BadConfigError
 from attnseg.io import atomic_path
-from attnseg.method.presence import PRESENCE_LABELS, label_present
+from attnseg.method.presence import OPEN_RESCALES, PRESENCE_LABELS, label_present
 from attnseg.world.render import CLASSES
 from attnseg.world.scaling import WORLD_TAU, evaluate, read_rows
 
@@ -42,6 +43,7 @@ REFINE_STEPS = (0, 2)
 BLUR = (True, False)
 PRESENCE_THRESHOLDS = (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03)
 PRESENCE_WEIGHT_POWERS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 1.0)
+PRESENCE_MIN_SHARES = (0.0, 0.005, 0.01, 0.02)
 
 
 def model_folder(name: str | None) -> Path:
@@ -88,15 +90,23 @@ def tune(model: Path, root: Path, n: int, timesteps=TIMESTEPS, refine_steps=REFI
 
 
 def tune_presence(
-    model: Path, root: Path, n: int, thresholds=PRESENCE_THRESHOLDS, powers=PRESENCE_WEIGHT_POWERS
+    model: Path,
+    root: Path,
+    n: int,
+    thresholds=PRESENCE_THRESHOLDS,
+    powers=PRESENCE_WEIGHT_POWERS,
+    min_shares=PRESENCE_MIN_SHARES,
+    open_rescales=OPEN_RESCALES,
 ) -> dict:
-    """goca's open-vocabulary mIoU on the first n scenes of root for each labelling rule; the best and the grid.
+    """goca's open-vocabulary mIoU on the first n scenes of root for each presence setting; the best and the grid.
 
-    Both rules of `PresenceConfig.labels` are scored: "threshold" at every threshold, "weighted" at every
-    weight power. Each scene is segmented once with every class kept; each setting relabels the open maps.
-    A setting is also counted by its clean scenes (no label the scene lacks). The choice per rule is the best
-    mIoU among the settings that leave most scenes clean (the open protocol's promise: name every class, get
-    only those in the image), or the best mIoU when none does; the rule chosen is the better of the two.
+    For each open-pass rescaling (`open_rescale`) each scene is segmented once with every class kept (the open
+    maps and each class's score); each labelling setting then relabels those maps as `Segmentor` does: both
+    rules of `PresenceConfig.labels`, "threshold" at every threshold and "weighted" at every weight power, each
+    with every smallest share a found class keeps (`min_share`). A setting is also counted by its clean scenes
+    (no label the scene lacks). The choice per rule is the best mIoU among the settings that leave most scenes
+    clean (the open protocol's promise: name every class, get only those in the image), or the best mIoU when
+    none does; the rule chosen is the better of the two, with its own rescaling and share.
     """
     from attnseg import Segmentor
     from attnseg.eval.metrics import ConfusionMeter
@@ -111,27 +121,41 @@ def tune_presence(
         tau=WORLD_TAU,
         presence_labels="threshold",
         presence_threshold=float("-inf"),
+        presence_min_share=0.0,  # every class keeps its map: each setting below relabels them
     )
-    settings = [("threshold", t) for t in thresholds] + [("weighted", p) for p in powers]
+    settings = [
+        (rescale, rule, value, share)
+        for rescale in open_rescales
+        for rule, values in (("threshold", thresholds), ("weighted", powers))
+        for value, share in itertools.product(values, min_shares)
+    ]
     meters = {s: ConfusionMeter(int(ids.max()) + 1) for s in settings}
     clean = dict.fromkeys(settings, 0)
+    everything_kept = seg.presence
     for i, row in enumerate(rows):
-        everything = seg.segment(Image.open(root / row["image"]).convert("RGB"), names)
-        scores = torch.tensor([everything.meta["presence"]["classes"][c]["score"] for c in names])
+        image = Image.open(root / row["image"]).convert("RGB")
         truth = torch.from_numpy(np.asarray(Image.open(root / row["mask"])).astype("int64"))
-        for (rule, value), meter in meters.items():
-            field = "threshold" if rule == "threshold" else "weight_power"
-            config = dataclasses.replace(seg.presence, labels=rule, **{field: value})
-            decided = label_present(everything.scores, everything.labels == 0, scores, config, seg.config.tau)
-            predicted = ids[decided.labels]
-            meter.update(predicted, truth)
-            clean[rule, value] += set(predicted.unique().tolist()) <= set(truth.unique().tolist())
+        for rescale in open_rescales:
+            seg.presence = dataclasses.replace(everything_kept, open_rescale=rescale)
+            everything = seg.segment(image, names)
+            scores = torch.tensor([everything.meta["presence"]["classes"][c]["score"] for c in names])
+            for rule, value, share in (s[1:] for s in settings if s[0] == rescale):
+                field = "threshold" if rule == "threshold" else "weight_power"
+                config = dataclasses.replace(seg.presence, labels=rule, min_share=share, **{field: value})
+                decided = label_present(everything.scores, everything.labels == 0, scores, config, WORLD_TAU)
+                predicted = ids[decided.labels]
+                meters[rescale, rule, value, share].update(predicted, truth)
+                clean[rescale, rule, value, share] += set(predicted.unique().tolist()) <= set(
+                    truth.unique().tolist()
+                )
         if (i + 1) % 10 == 0 or i + 1 == len(rows):
             print(f"scene {i + 1}/{len(rows)}", flush=True)
     grid = [
-        {"labels": rule, "threshold" if rule == "threshold" else "weight_power": value}
-        | {"miou": round(100 * meters[rule, value].compute().miou, 2), "clean_scenes": clean[rule, value]}
-        for rule, value in settings
+        {"open_rescale": rescale, "labels": rule}
+        | {"threshold" if rule == "threshold" else "weight_power": value, "min_share": share}
+        | {"miou": round(100 * meters[key].compute().miou, 2), "clean_scenes": clean[key]}
+        for key in settings
+        for rescale, rule, value, share in [key]
     ]
     for g in grid:
         print(" ".join(f"{k}={v}" for k, v in g.items()), flush=True)
@@ -145,6 +169,8 @@ def tune_presence(
             "labels": chosen["labels"],
             "threshold": best["threshold"]["threshold"],
             "weight_power": best["weighted"]["weight_power"],
+            "min_share": chosen["min_share"],
+            "open_rescale": chosen["open_rescale"],
         },
         "presence_tuned": {
             "by": "goca open-vocabulary mIoU among the settings that leave most scenes clean (no label the scene "
@@ -188,7 +214,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--presence",
         action="store_true",
-        help="choose the presence labelling (open vocabulary: rule, threshold, weight power) instead of timestep,"
+        help="choose the presence labelling (open vocabulary: rule, threshold, weight power, min share) instead of timestep,"
         " steps and blur",
     )
     p.add_argument("--dry-run", action="store_true", help="print the choice, do not write attnseg.json")
