@@ -12,8 +12,9 @@ background, so τ 0 (`WORLD_TAU`) is written with the choice.
 `--presence` chooses how the presence test's scores label the image instead, by goca's open-vocabulary mIoU
 (every world class named): a grid of thresholds (labels "threshold") and of weight powers (labels
 "weighted"), each with a grid of the smallest share of the image a found class keeps (`min_share`), for
-both rescalings of the open pass (`open_rescale`). Each scene is segmented once with every class kept (the open pass's maps and each class's
-presence score), and each setting relabels those maps as `Segmentor` does. Per rule the best mIoU among the
+both rescalings of the open pass (`open_rescale`). Each scene is segmented once per rescaling with every
+class kept (the open pass's maps and each class's presence score), and each setting relabels those maps as
+`Segmentor` does. Per rule the best mIoU among the
 settings that leave most scenes clean (no label the scene lacks), and the better rule, are written as the
 model's "presence" section: a test's scores sit higher or lower with the model.
 """
