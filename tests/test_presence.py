@@ -41,7 +41,7 @@ def test_presence_off_is_the_plain_segmentation(tiny_sd, random_image):
     off = Segmentor.from_pretrained(tiny_sd, device="cpu", presence="off")
     # The threshold rule at -1e9 keeps every class with its open map: with the method's own rescaling in the
     # open pass, the segmentation must not change.
-    keep_all = {"presence_labels": "threshold", "presence_threshold": -1e9}
+    keep_all = {"presence_labels": "threshold", "presence_threshold": -1e9, "presence_region_test": False}
     on = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_open_rescale="method", **keep_all)
     a, b = off.segment(random_image, ["cat", "grass"]), on.segment(random_image, ["cat", "grass"])
     assert a.meta["presence"] == {"mode": "off"}
@@ -71,9 +71,15 @@ def test_weighted_labels_are_the_open_maps_weighted_by_the_recorded_scores(tiny_
 
     names = ["cat", "grass", "wall", "sky"]
     every = Segmentor.from_pretrained(
-        tiny_sd, device="cpu", presence_labels="threshold", presence_threshold=-1e9
+        tiny_sd,
+        device="cpu",
+        presence_labels="threshold",
+        presence_threshold=-1e9,
+        presence_region_test=False,
     )
-    seg = Segmentor.from_pretrained(tiny_sd, device="cpu", presence_weight_power=0.5)
+    seg = Segmentor.from_pretrained(
+        tiny_sd, device="cpu", presence_weight_power=0.5, presence_region_test=False
+    )
     assert seg.presence.labels == "weighted"
     # A threshold given alone means the threshold rule: it is never silently ignored.
     assert (

@@ -15,7 +15,13 @@ import torch
 from attnseg.backbones.base import Backbone
 from attnseg.backbones.noise_error import noise_errors
 from attnseg.errors import BadClassesError
-from attnseg.method.presence import PresenceConfig, decide, leave_one_out_scores, naming_gain
+from attnseg.method.presence import (
+    PresenceConfig,
+    decide,
+    leave_one_out_rises,
+    leave_one_out_scores,
+    naming_gain,
+)
 from attnseg.prompts import ClassSpec, PromptBuilder, PromptPlan
 
 
@@ -30,6 +36,9 @@ class PresenceResult:
     seconds: float
     first_present: torch.Tensor | None = None  # K bools after the first round, when a second one ran
     weights: torch.Tensor | None = None  # K map weights, when the labels are weighted (PresenceConfig.labels)
+    rises: torch.Tensor | None = (
+        None  # K×h×w leave-one-out rise maps (the latent's grid), for the region test
+    )
 
     def to_dict(self, names: list[str], config: PresenceConfig) -> dict:
         """For result.json: each class's score and decision, and the settings that made them."""
@@ -39,6 +48,7 @@ class PresenceResult:
             "weight_power": config.weight_power,
             "min_share": config.min_share,
             "open_rescale": config.open_rescale,
+            "region_test": config.region_test,
             "threshold": config.threshold,
             "sharpness": config.sharpness,
             "levels": list(self.levels),
@@ -100,12 +110,15 @@ def find_present(
     generator = torch.Generator().manual_seed(seed)
     errors = noise_errors(backbone, pixels_3ss, texts, levels, generator)  # R×T×h×w
     scores = torch.zeros(len(specs))
+    rises = torch.zeros(len(specs), *errors.shape[-2:])
     for plan, (full, left) in zip(plans, rows):
         # Each prompt's rises are relative to its own full-prompt error: one scale across prompts.
         idx = plan.class_indices
         scores[idx] = leave_one_out_scores(errors[full], errors[left], open_maps_khw[idx], config.sharpness)
+        rises[idx] = leave_one_out_rises(errors[full], errors[left])
     present = decide(scores, config.threshold)
-    result = PresenceResult(scores, present, levels, len(texts) * len(levels), time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    result = PresenceResult(scores, present, levels, len(texts) * len(levels), seconds, rises=rises)
     if config.rounds == 2:
         result = _second_round(
             backbone, builder, pixels_3ss, specs, background, open_maps_khw, config, seed, result
@@ -155,4 +168,6 @@ def _second_round(
     present = decide(scores, config.threshold)
     rows = first.rows + len(texts) * len(levels)
     seconds = first.seconds + time.perf_counter() - t0
-    return PresenceResult(scores, present, first.levels, rows, seconds, first_present=first.present)
+    return PresenceResult(
+        scores, present, first.levels, rows, seconds, first_present=first.present, rises=first.rises
+    )

@@ -45,6 +45,9 @@ class Segmentation:
     background: torch.Tensor | None = (
         None  # H×W map B of the prompt's background words (max over them), if any
     )
+    # K×h×w, the presence test's leave-one-out rise maps on the latent's grid (where naming each class lowers
+    # the denoiser's error), when the step ran: what the region test read (PresenceConfig.region_test).
+    presence_rises: torch.Tensor | None = None
 
     def label_image(self) -> Image.Image:
         """The label map as an indexed PNG image with the palette."""
@@ -102,17 +105,22 @@ class Segmentation:
         write_json(folder / "result.json", {"classes": self.classes, "tau": self.tau, **self.meta})
 
     def _presence_arrays(self) -> dict[str, np.ndarray]:
-        """Each class's presence score and decision (K each) when the presence step ran; else nothing."""
+        """Each class's presence score and decision (K each), and its rise map, when the step ran; else nothing."""
         found = self.meta.get("presence", {}).get("classes")
         if not found:
             return {}
-        return {
-            "presence_scores": np.array([found[c]["score"] for c in self.classes], dtype=np.float32),
-            "present": np.array([found[c]["present"] for c in self.classes], dtype=bool),
-        } | (  # the weighted rule's map weights
-            {"presence_weights": np.array([found[c]["weight"] for c in self.classes], dtype=np.float32)}
-            if all("weight" in found[c] for c in self.classes)
-            else {}
+        rises = {} if self.presence_rises is None else {"presence_rises": self.presence_rises.cpu().numpy()}
+        return (
+            rises
+            | {
+                "presence_scores": np.array([found[c]["score"] for c in self.classes], dtype=np.float32),
+                "present": np.array([found[c]["present"] for c in self.classes], dtype=bool),
+            }
+            | (  # the weighted rule's map weights
+                {"presence_weights": np.array([found[c]["weight"] for c in self.classes], dtype=np.float32)}
+                if all("weight" in found[c] for c in self.classes)
+                else {}
+            )
         )
 
 

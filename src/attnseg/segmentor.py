@@ -314,7 +314,7 @@ class Segmentor:
             seed,
         )
         decided = label_present(
-            opened.scores, opened.labels == 0, found.scores, self.presence, self.config.tau
+            opened.scores, opened.labels == 0, found.scores, self.presence, self.config.tau, found.rises
         )
         found.present, found.weights = decided.present, decided.weights
         kept = [k for k in range(len(specs)) if found.present[k]]
@@ -355,7 +355,9 @@ class Segmentor:
                 "second_pass_rows": 0 if kept_plans is plans else len(kept_plans),
             },
         }
-        return Segmentation(opened.classes, scores, labels, opened.tau, picture, meta)
+        return Segmentation(
+            opened.classes, scores, labels, opened.tau, picture, meta, presence_rises=found.rises
+        )
 
     def segment_prompt(
         self, image, text: str, classes: list[str], background: list[str] | None = None, seed: int = 0

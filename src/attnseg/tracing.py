@@ -264,7 +264,9 @@ class Trace:
             labels = assign_labels(scores, tau)
             presence = self._presence(specs, scores, image)
             if presence is not None:  # absent classes: no score, no pixels
-                decided = label_present(scores, labels == 0, presence.scores, self.presence, tau)
+                decided = label_present(
+                    scores, labels == 0, presence.scores, self.presence, tau, presence.rises
+                )
                 presence.present, presence.weights = decided.present, decided.weights
                 scores, labels = decided.maps, decided.labels
             meta["presence"] = (
@@ -277,7 +279,9 @@ class Trace:
                 if presence is None
                 else presence.to_dict([s.name for s in specs], self.presence)
             )
-            results.append(Segmentation([s.name for s in specs], scores, labels, tau, image, meta))
+            rises = None if presence is None else presence.rises
+            names = [s.name for s in specs]
+            results.append(Segmentation(names, scores, labels, tau, image, meta, presence_rises=rises))
         return results
 
     def _presence(self, specs: list[ClassSpec], scores_khw: torch.Tensor, image):

@@ -11,8 +11,10 @@ from attnseg.method.presence import (
     PresenceConfig,
     decide,
     label_present,
+    leave_one_out_rises,
     leave_one_out_scores,
     naming_gain,
+    outexplained,
     presence_config,
     presence_weights,
     restrict_layout,
@@ -175,3 +177,47 @@ def test_naming_gain_measures_both_directions_on_one_scale():
     with_k = torch.stack([base, torch.full((1, 2, 2), 1.8)])  # class 1 outside S: added, the error falls
     scores = naming_gain(without, with_k, torch.ones(2, 2, 2), base)
     assert scores.tolist() == pytest.approx([0.1, 0.1], abs=1e-6)
+
+
+def test_a_found_class_its_runner_up_explains_better_is_dropped():
+    """1×10 strip: class 2 wins pixel 9 by its map, but leaving class 1 out raises the error there more."""
+    maps = torch.tensor(
+        [
+            [[1.0] * 7 + [0.5, 0.5, 0.5]],
+            [[0.1] * 7 + [0.9, 0.9, 0.9]],
+            [[0.0] * 9 + [1.0]],
+        ]
+    )
+    # The test's rise maps on a coarser 1×5 grid: pixel x reads cell x // 2.
+    rises = torch.tensor(
+        [
+            [[0.04, 0.04, 0.04, 0.02, 0.0]],
+            [[0.0, 0.0, 0.0, 0.03, 0.05]],
+            [[0.0, 0.0, 0.0, 0.0, 0.01]],
+        ]
+    )
+    scores = torch.tensor([0.04, 0.04, 0.04])  # all weight 1: the maps alone decide the labels
+    background = torch.zeros(1, 10, dtype=torch.bool)
+    without = PresenceConfig(weight_power=1.0, min_share=0.0, region_test=False)
+    assert label_present(maps, background, scores, without, 0.0, rises).labels.tolist() == [
+        [1] * 7 + [2, 2, 3]
+    ]
+    labels = torch.tensor([[1] * 7 + [2, 2, 3]])
+    # Class 2 at pixel 9: 0.01 - 0.05 (class 1 is its runner-up there) < 0. Class 0 fails at pixel 6
+    # (0.02 - 0.03) but passes on the mean of its pixels; class 1 passes everywhere.
+    assert outexplained(maps, torch.ones(3), labels, rises) == 2
+    assert outexplained(maps, torch.ones(3), torch.tensor([[1] * 7 + [2, 2, 2]]), rises) is None
+    config = PresenceConfig(weight_power=1.0, min_share=0.0)
+    assert config.region_test  # on by default
+    found = label_present(maps, background, scores, config, 0.0, rises)
+    assert found.labels.tolist() == [[1] * 7 + [2, 2, 2]] and found.present.tolist() == [True, True, False]
+    assert label_present(maps, background, scores, config, 0.0).present.all()  # no rise maps: no test
+    cut = PresenceConfig(labels="threshold", threshold=0.0, min_share=0.0)
+    assert label_present(maps, background, scores, cut, 0.0, rises).present.tolist() == [True, True, False]
+    # A lone class is never dropped, and the worst of two failing classes goes first.
+    assert outexplained(maps, torch.ones(3), torch.ones(1, 10, dtype=torch.long), rises) is None
+    worse = rises.clone()
+    worse[1, 0, 3:] = 0.0  # class 1 now explains nothing: -0.02 at pixel 7, 0.0 at 8
+    worse[2, 0, 4] = 0.0  # class 2 at pixel 9: 0.0 - 0.0 = 0, passes
+    assert outexplained(maps, torch.ones(3), labels, worse) == 1
+    assert leave_one_out_rises(torch.ones(2, 1, 2), torch.full((1, 2, 1, 2), 1.5)).tolist() == [[[0.5, 0.5]]]
