@@ -58,11 +58,11 @@ class PresenceConfig:
     # must beat the others' maps by the factor it lost. "threshold": keep the classes whose score reaches
     # `threshold` and label with their maps (the earlier rule). Chosen on the tune split (docs/WORLD.md).
     labels: str = "weighted"
-    weight_power: float = 0.15
+    weight_power: float = 0.1
     # A found class that takes less than this share of the image's pixels is dropped, smallest first, and its
     # pixels go to the next best class (either rule; never the last class). An absent class the labels let
     # through mostly takes a few scattered pixels; 0 keeps every class that takes one. Per model, on tune.
-    min_share: float = 0.005
+    min_share: float = 0.01
     # The open pass's rescaling (c): "minmax" leaves out the per-pixel division by Z, the sum over every named
     # class's tokens, which in an open prompt are mostly absent classes that pull on each pixel's share;
     # "method" keeps the method's own. On world-m32's tune split, the ground truth deciding, goca's open maps
