@@ -11,7 +11,7 @@ import torch
 import attnseg
 from attnseg import Segmentor
 from attnseg.cli import main
-from attnseg.method.presence import PresenceConfig
+from attnseg.method.presence import PresenceConfig, outexplained
 
 LEVELS = len(PresenceConfig().timesteps)  # the default test's noise levels
 
@@ -35,6 +35,13 @@ def test_presence_is_on_by_default_and_records_every_named_class(tiny_sd, random
     assert npz["present"].tolist() == present
     assert np.allclose(npz["presence_scores"], [found["classes"][n]["score"] for n in names], atol=1e-6)
     assert np.allclose(npz["presence_weights"], [found["classes"][n]["weight"] for n in names], atol=1e-6)
+    # The test's rise maps (one per class, on the latent's grid) are kept and saved; the classes found pass the
+    # region test on them: no found class's runner-up explains its pixels better (found maps = open × weight).
+    rises = result.presence_rises
+    assert rises.shape == (len(names), 16, 16)  # the tiny model's 16×16 latent (UNet sample_size 16)
+    assert np.allclose(npz["presence_rises"], rises.numpy()) and found["region_test"] is True
+    kept = torch.tensor(present, dtype=torch.float32)
+    assert outexplained(result.scores, kept, result.labels, rises) is None
 
 
 def test_presence_off_is_the_plain_segmentation(tiny_sd, random_image):

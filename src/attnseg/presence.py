@@ -36,9 +36,8 @@ class PresenceResult:
     seconds: float
     first_present: torch.Tensor | None = None  # K bools after the first round, when a second one ran
     weights: torch.Tensor | None = None  # K map weights, when the labels are weighted (PresenceConfig.labels)
-    rises: torch.Tensor | None = (
-        None  # K×h×w leave-one-out rise maps (the latent's grid), for the region test
-    )
+    # K×h×w leave-one-out rise maps (the latent's grid), for the region test (PresenceConfig.region_test)
+    rises: torch.Tensor | None = None
 
     def to_dict(self, names: list[str], config: PresenceConfig) -> dict:
         """For result.json: each class's score and decision, and the settings that made them."""

@@ -109,19 +109,17 @@ class Segmentation:
         found = self.meta.get("presence", {}).get("classes")
         if not found:
             return {}
-        rises = {} if self.presence_rises is None else {"presence_rises": self.presence_rises.cpu().numpy()}
-        return (
-            rises
-            | {
-                "presence_scores": np.array([found[c]["score"] for c in self.classes], dtype=np.float32),
-                "present": np.array([found[c]["present"] for c in self.classes], dtype=bool),
-            }
-            | (  # the weighted rule's map weights
-                {"presence_weights": np.array([found[c]["weight"] for c in self.classes], dtype=np.float32)}
-                if all("weight" in found[c] for c in self.classes)
-                else {}
+        arrays = {
+            "presence_scores": np.array([found[c]["score"] for c in self.classes], dtype=np.float32),
+            "present": np.array([found[c]["present"] for c in self.classes], dtype=bool),
+        }
+        if all("weight" in found[c] for c in self.classes):  # the weighted rule's map weights
+            arrays["presence_weights"] = np.array(
+                [found[c]["weight"] for c in self.classes], dtype=np.float32
             )
-        )
+        if self.presence_rises is not None:
+            arrays["presence_rises"] = self.presence_rises.cpu().numpy()
+        return arrays
 
 
 SEGMENTATION_FILES = ("labels.png", "overlay.png", "scores.npz", "result.json")
