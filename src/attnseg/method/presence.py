@@ -220,8 +220,15 @@ def leave_one_out_scores(
 
 def leave_one_out_rises(err_full_thw: torch.Tensor, err_left_out_kthw: torch.Tensor) -> torch.Tensor:
     """K×h×w: where leaving each class out raises the error, relative to the full prompt's mean error, mean over T."""
-    scale = err_full_thw.float().mean(dim=(1, 2)).clamp_min(1e-12).view(1, -1, 1, 1)
-    return ((err_left_out_kthw.float() - err_full_thw.float()[None]) / scale).mean(1)
+    return relative_rise(err_left_out_kthw, err_full_thw[None], err_full_thw).mean(1)
+
+
+def relative_rise(
+    err_without_kthw: torch.Tensor, err_with_kthw: torch.Tensor, base_thw: torch.Tensor
+) -> torch.Tensor:
+    """K×T×h×w: error without the name minus with it, per level divided by base_thw's mean error at that level."""
+    scale = base_thw.float().mean(dim=(1, 2)).clamp_min(1e-12)  # T: this prompt's own error level
+    return (err_without_kthw.float() - err_with_kthw.float()) / scale.view(1, -1, 1, 1)
 
 
 def naming_gain(
@@ -237,13 +244,12 @@ def naming_gain(
     named; base_thw: the error of the prompt the test is relative to (T×h×w). The map, area-resized to the
     error's grid and raised to `sharpness`, weighs the pixels. Averaged over the T levels.
     """
-    t, h, w = err_without_kthw.shape[1:]
+    h, w = err_without_kthw.shape[2:]
     weights = F.interpolate(maps_khw[None].float(), size=(h, w), mode="area")[0].clamp_min(0)
     weights = weights / weights.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # peak 1: powers stay finite
     weights = weights**sharpness
     weights = weights / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # K×h×w, each sums to 1
-    scale = base_thw.float().mean(dim=(1, 2)).clamp_min(1e-12)  # T: this prompt's own error level
-    rise = (err_without_kthw.float() - err_with_kthw.float()) / scale.view(1, t, 1, 1)
+    rise = relative_rise(err_without_kthw, err_with_kthw, base_thw)
     return (rise * weights[:, None]).sum(dim=(2, 3)).mean(1)
 
 
